@@ -1,0 +1,20 @@
+"""controlnet: training neural networks as optimal control problems over ``θ(t)``.
+
+The core: vector fields, integrators, costs, the control problem, and the three modules that
+make "training = optimal control" literal: :mod:`~controlnet.state` (forward),
+:mod:`~controlnet.adjoint` (backward) and :mod:`~controlnet.hamiltonian`.
+"""
+
+from .activations import ACTIVATIONS, activation
+from .adjoint import backward, costates, gradient, terminal_costate
+from .costs import LOSSES, Logistic, Loss, SoftmaxCrossEntropy, SquaredError
+from .dynamics import DYNAMICS, InnerActivation, OuterActivation, TwoLayer, VectorField
+from .hamiltonian import grad_theta, grad_z, hamiltonian, layer_hamiltonians
+from .integrators import INTEGRATORS, RK4, Euler, Integrator
+from .lift import lift
+from .problem import ControlProblem, Controls, metrics, objective
+from .readout import init_readout, readout
+from .state import final_state, forward
+
+__version__ = "0.1.0"
+from .io import Result, load_controls, save_controls

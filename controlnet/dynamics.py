@@ -1,0 +1,115 @@
+"""Vector fields ``f(z, θ)`` of the controlled ODE ``ż = f(z, θ(t))``.
+
+A vector field is a frozen dataclass: its fields are structural (activation, inner width),
+its parameters ``θ`` for one layer are a dict of arrays made by :meth:`VectorField.init`.
+``__call__`` acts on a batch of states ``z`` of shape ``(..., d)`` (samples on the leading
+axes), so a whole data set moves through one layer as one matrix product.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import jax
+
+from .activations import activation
+
+__all__ = [
+    "VectorField",
+    "InnerActivation",
+    "OuterActivation",
+    "TwoLayer",
+    "DYNAMICS",
+]
+
+
+def _check_activation(name):
+    activation(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorField(abc.ABC):
+    """Interface: ``f(z, θ)`` for a batch ``z`` of shape ``(..., d)``."""
+
+    @abc.abstractmethod
+    def __call__(self, z, theta):
+        """The velocity ``f(z, θ)``, same shape as ``z``."""
+
+    @abc.abstractmethod
+    def init(self, key, d: int, scale: float = 1.0) -> dict:
+        """Random parameters of one layer for state width ``d``."""
+
+
+def _normal(key, shape, std):
+    return std * jax.random.normal(key, shape)
+
+
+def _square_init(key, d, scale):
+    kW, kb = jax.random.split(key)
+    return {"W": _normal(kW, (d, d), scale / d**0.5), "b": _normal(kb, (d,), scale * 0.1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerActivation(VectorField):
+    """``f(z, θ) = σ(W z + b)``, ``θ = (W ∈ R^{d×d}, b ∈ R^d)``."""
+
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        _check_activation(self.activation)
+
+    def __call__(self, z, theta):
+        return activation(self.activation)(z @ theta["W"].T + theta["b"])
+
+    def init(self, key, d, scale=1.0):
+        return _square_init(key, d, scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterActivation(VectorField):
+    """``f(z, θ) = W σ(z) + b``, ``θ = (W ∈ R^{d×d}, b ∈ R^d)``."""
+
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        _check_activation(self.activation)
+
+    def __call__(self, z, theta):
+        return activation(self.activation)(z) @ theta["W"].T + theta["b"]
+
+    def init(self, key, d, scale=1.0):
+        return _square_init(key, d, scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoLayer(VectorField):
+    """``f(z, θ) = B σ(A z + a)``, ``A ∈ R^{m×d}, a ∈ R^m, B ∈ R^{d×m}``; ``m = width``."""
+
+    width: int = 16
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        _check_activation(self.activation)
+        if not isinstance(self.width, int) or self.width < 1:
+            raise ValueError(f"TwoLayer width must be a positive integer, got {self.width!r}")
+
+    def __call__(self, z, theta):
+        return activation(self.activation)(z @ theta["A"].T + theta["a"]) @ theta["B"].T
+
+    def init(self, key, d, scale=1.0):
+        kA, ka, kB = jax.random.split(key, 3)
+        m = self.width
+        return {
+            "A": _normal(kA, (m, d), scale / d**0.5),
+            "a": _normal(ka, (m,), scale * 0.1),
+            "B": _normal(kB, (d, m), scale / m**0.5),
+        }
+
+
+#: Names used by the CLI and by :func:`controlnet.problem.make_dynamics`.
+DYNAMICS = {
+    "inner": InnerActivation,
+    "outer": OuterActivation,
+    "two_layer": TwoLayer,
+}

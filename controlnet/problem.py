@@ -1,0 +1,257 @@
+"""The discrete optimal control problem that *is* the training of a residual network.
+
+    z_{i,0} = λ1(x_i),   z_{i,k+1} = Ψ_h(z_{i,k}, θ_k),   h = T/N,   k = 0..N−1
+
+    J(θ, w) = Φ(z_N, w) + h Σ_{k<N} [R(θ_k) + L(z_k, w)] + (β/2h) Σ_{k<N−1} ‖θ_{k+1} − θ_k‖²
+
+    Φ(z, w) = (1/S) Σ_i ℓ(λ2(z_i; w), y_i) + (α_w/2) ‖w‖²          (terminal cost)
+    R(θ)    = (α/2) ‖θ‖² + α₁ ‖θ‖₁                                   (running cost on controls)
+    L(z, w) = γ (1/S) Σ_i ℓ(λ2(z_i; w), y_i)                         (tracking, the turnpike setting)
+
+:class:`ControlProblem` holds the structure (dynamics, integrator, ``N``, width, loss) as static
+fields and the numbers (data, ``T``, weights) as pytree leaves, so one compiled function serves
+every horizon and weight of the same structure. Which running costs are present at all is
+structure too (``terms``): a zero weight costs nothing in the compiled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import costs as _costs
+from .costs import Loss
+from .dynamics import VectorField
+from .integrators import Integrator
+from .lift import lift
+from .readout import init_readout, readout
+from .state import forward
+
+__all__ = ["Controls", "ControlProblem", "objective", "metrics"]
+
+
+class Controls(NamedTuple):
+    """The decision variables: per-layer ``theta`` (pytree, leading axis ``N``) and read-out ``w``."""
+
+    theta: Any
+    w: Any
+
+
+_META = ("dynamics", "integrator", "N", "width", "loss", "terms")
+_DATA = ("x", "y", "T", "l2", "l1", "smoothness", "tracking", "readout_l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlProblem:
+    """A training problem as a discrete optimal control problem (formulas in the module doc).
+
+    Args:
+        dynamics: the vector field ``f(z, θ)``.
+        integrator: the one-step map ``Ψ_h`` (``Euler()`` gives a ResNet).
+        N: number of layers (time steps).
+        width: state dimension ``d ≥ d_in``; data are zero-padded to it.
+        loss: the per-sample loss ``ℓ``.
+        x: data, shape ``(S, d_in)``; the initial states are ``λ1(x)``.
+        y: labels or targets, one per sample.
+        T: time horizon (the depth of the network in time units), ``h = T/N``.
+        l2, l1: weights ``α``, ``α₁`` of the running cost ``R``.
+        smoothness: weight ``β`` of the H¹-in-time coupling between layers.
+        tracking: weight ``γ`` of the running loss at every layer.
+        readout_l2: weight ``α_w`` on the read-out parameters.
+    """
+
+    dynamics: VectorField
+    integrator: Integrator
+    N: int
+    width: int
+    loss: Loss
+    x: Any
+    y: Any
+    T: Any = 1.0
+    l2: Any = 0.0
+    l1: Any = 0.0
+    smoothness: Any = 0.0
+    tracking: Any = 0.0
+    readout_l2: Any = 1e-3
+    terms: frozenset = dataclasses.field(init=False, default=frozenset())
+
+    def __post_init__(self):
+        _validate(self)
+        set_ = object.__setattr__
+        set_(self, "x", jnp.asarray(np.asarray(self.x), dtype=jnp.result_type(float)))
+        y = np.asarray(self.y)
+        y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else y.astype(float)
+        set_(self, "y", jnp.asarray(y))
+        names = ("l2", "l1", "smoothness", "tracking", "readout_l2")
+        set_(self, "terms", frozenset(n for n in names if float(getattr(self, n)) != 0.0))
+
+    # -- the pieces of J ---------------------------------------------------------------------
+    @property
+    def h(self):
+        """Step size ``h = T/N``."""
+        return self.T / self.N
+
+    @property
+    def S(self) -> int:
+        """Number of samples."""
+        return self.x.shape[0]
+
+    def z0(self):
+        """Initial states ``λ1(x)``, shape ``(S, d)``."""
+        return lift(self.x, self.width)
+
+    def step(self, z, theta):
+        """``Ψ_h(z, θ)``: one layer."""
+        return self.integrator.step(self.dynamics, z, theta, self.h)
+
+    def running(self, theta):
+        """``R(θ) = (α/2)‖θ‖² + α₁‖θ‖₁`` for one layer."""
+        r = 0.0
+        if "l2" in self.terms:
+            r = r + self.l2 * _costs.l2(theta)
+        if "l1" in self.terms:
+            r = r + self.l1 * _costs.l1(theta)
+        return r
+
+    def data_loss(self, z, w):
+        """``(1/S) Σ_i ℓ(λ2(z_i; w), y_i)``."""
+        return jnp.mean(self.loss(readout(z, w), self.y))
+
+    def terminal(self, z, w):
+        """``Φ(z, w) = (1/S) Σ ℓ + (α_w/2)‖w‖²``."""
+        phi = self.data_loss(z, w)
+        if "readout_l2" in self.terms:
+            phi = phi + self.readout_l2 * _costs.l2(w)
+        return phi
+
+    def tracking_cost(self, z, w):
+        """``L(z, w) = γ (1/S) Σ ℓ`` (zero without tracking)."""
+        if "tracking" not in self.terms:
+            return 0.0
+        return self.tracking * self.data_loss(z, w)
+
+    def coupling(self, thetas):
+        """``(β/2h) Σ_k ‖θ_{k+1} − θ_k‖²`` (zero without smoothness)."""
+        if "smoothness" not in self.terms:
+            return 0.0
+        return self.smoothness * _costs.smoothness(thetas, self.h)
+
+    # -- set-up helpers -----------------------------------------------------------------------
+    def init_controls(self, key, scale: float = 1.0) -> Controls:
+        """Random controls: independent layers from ``dynamics.init``, a random read-out."""
+        k_theta, k_w = jax.random.split(key)
+        keys = jax.random.split(k_theta, self.N)
+        theta = jax.vmap(lambda k: self.dynamics.init(k, self.width, scale))(keys)
+        return Controls(theta, init_readout(k_w, self.width, self.loss.n_out))
+
+    def with_data(self, x, y) -> "ControlProblem":
+        """The same problem on other data (validated); under ``jit`` use :meth:`replace_data`."""
+        return dataclasses.replace(self, x=x, y=y)
+
+    def replace_data(self, x, y) -> "ControlProblem":
+        """The same problem on other data, without validation (safe inside ``jit``)."""
+        data, meta = _flatten(self)
+        return _unflatten(meta, (x, y) + data[2:])
+
+    def describe(self) -> dict:
+        """A JSON-able description of the problem (for results and logs)."""
+        return {
+            "dynamics": repr(self.dynamics),
+            "integrator": type(self.integrator).__name__,
+            "N": self.N,
+            "width": self.width,
+            "loss": repr(self.loss),
+            "samples": int(self.S),
+            "T": float(self.T),
+            **{n: float(getattr(self, n)) for n in ("l2", "l1", "smoothness", "tracking", "readout_l2")},
+        }
+
+
+def _flatten(p):
+    return tuple(getattr(p, n) for n in _DATA), tuple(getattr(p, n) for n in _META)
+
+
+def _unflatten(meta, data):
+    # Bypasses __init__: leaves may be tracers, and validation belongs to construction time.
+    p = object.__new__(ControlProblem)
+    for name, value in zip(_META, meta):
+        object.__setattr__(p, name, value)
+    for name, value in zip(_DATA, data):
+        object.__setattr__(p, name, value)
+    return p
+
+
+jax.tree_util.register_pytree_node(ControlProblem, _flatten, _unflatten)
+
+
+def _validate(p: ControlProblem) -> None:
+    if not isinstance(p.dynamics, VectorField):
+        raise TypeError(f"dynamics must be a VectorField, got {type(p.dynamics).__name__}")
+    if not isinstance(p.integrator, Integrator):
+        raise TypeError(f"integrator must be an Integrator, got {type(p.integrator).__name__}")
+    if not isinstance(p.loss, Loss):
+        raise TypeError(f"loss must be a Loss, got {type(p.loss).__name__}")
+    if not isinstance(p.N, (int, np.integer)) or isinstance(p.N, bool) or p.N < 1:
+        raise ValueError(f"N (number of layers) must be an integer >= 1, got {p.N!r}")
+    x = np.asarray(p.x)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (samples, features), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.isfinite(x)))
+        raise ValueError(f"x holds {bad} NaN or Inf values; clean or drop those samples")
+    if not isinstance(p.width, (int, np.integer)) or p.width < x.shape[1]:
+        raise ValueError(
+            f"width must be an integer >= the data dimension {x.shape[1]}, got {p.width!r}"
+        )
+    y = np.asarray(p.y)
+    if y.shape[:1] != x.shape[:1]:
+        raise ValueError(
+            f"y has {y.shape[0] if y.ndim else 0} rows but x has {x.shape[0]}; "
+            "pass one label per sample"
+        )
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
+        raise ValueError("y holds NaN or Inf values; clean or drop those samples")
+    p.loss.check_labels(y)
+    if not np.isfinite(float(p.T)) or float(p.T) <= 0:
+        raise ValueError(f"horizon T must be a positive number, got {p.T!r}")
+    for name in ("l2", "l1", "smoothness", "tracking", "readout_l2"):
+        v = float(getattr(p, name))
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"weight {name} must be a finite number >= 0, got {v!r}")
+
+
+def objective(problem: ControlProblem, controls: Controls):
+    """``J(θ, w)`` (module doc) together with the states ``z_k``, shape ``(N+1, S, d)``."""
+    zs = forward(problem, controls.theta)
+    return _cost_from_states(problem, controls, zs), zs
+
+
+def _cost_from_states(problem, controls, zs):
+    h = problem.h
+    run = jnp.sum(jax.vmap(problem.running)(controls.theta)) if problem.terms & {"l2", "l1"} else 0.0
+    track = (
+        jnp.sum(jax.vmap(lambda z: problem.tracking_cost(z, controls.w))(zs[:-1]))
+        if "tracking" in problem.terms
+        else 0.0
+    )
+    return (
+        problem.terminal(zs[-1], controls.w)
+        + h * (run + track)
+        + problem.coupling(controls.theta)
+    )
+
+
+def metrics(problem: ControlProblem, controls: Controls, zs=None) -> dict:
+    """Loss ``J``, the data loss and the accuracy at the last layer (states recomputed if absent)."""
+    if zs is None:
+        zs = forward(problem, controls.theta)
+    out = readout(zs[-1], controls.w)
+    return {
+        "loss": _cost_from_states(problem, controls, zs),
+        "data_loss": jnp.mean(problem.loss(out, problem.y)),
+        "accuracy": problem.loss.accuracy(out, problem.y),
+    }
