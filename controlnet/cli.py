@@ -1,0 +1,192 @@
+"""The ``controlnet`` command line.
+
+This is the application layer: the one module of the package that imports :mod:`problems` and
+:mod:`solvers` (nothing in the core imports it). Each subcommand is a ``_<name>_parser`` that
+adds its options and a ``_<name>`` handler. Bad input prints one line ``controlnet: error: ...``
+and exits with status 2; a diverged solve exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+class UsageError(Exception):
+    """Bad input found by a handler before any work starts."""
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not (v >= 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+def _add_problem_options(p):
+    from problems import PROBLEMS
+
+    g = p.add_argument_group("problem")
+    g.add_argument("--problem", default="ring", choices=PROBLEMS, help="data set and default settings (default: ring)")
+    g.add_argument("--samples", type=_positive_int, default=500, help="training samples (default: 500); the test split has as many")
+    g.add_argument("--width", type=_positive_int, help="state width d; data are zero-padded to it (default: the problem's)")
+    g.add_argument("--layers", type=_positive_int, help="number of layers N (default: the problem's)")
+    g.add_argument("--horizon", type=_positive_float, help="time horizon T, step h = T/N (default: the problem's)")
+    g.add_argument("--dynamics", help="vector field: inner σ(Wz+b), outer Wσ(z)+b, two_layer Bσ(Az+a)")
+    g.add_argument("--hidden", type=_positive_int, help="inner width m of two_layer dynamics")
+    g.add_argument("--activation", default="tanh", help="tanh, relu, softplus, sigmoid or identity (default: tanh)")
+    g.add_argument("--integrator", default="euler", help="euler (a ResNet) or rk4 (default: euler)")
+    g.add_argument("--l2", type=_nonneg_float, help="weight α of (α/2)‖θ‖² in the running cost")
+    g.add_argument("--l1", type=_nonneg_float, default=0.0, help="weight of ‖θ‖₁ in the running cost")
+    g.add_argument("--smoothness", type=_nonneg_float, default=0.0, help="weight β of (β/2h)Σ‖θ_{k+1}−θ_k‖²")
+    g.add_argument("--tracking", type=_nonneg_float, default=0.0, help="weight γ of the loss at every layer")
+    g.add_argument("--seed", type=int, default=0, help="seed for data and initial controls (default: 0)")
+    g.add_argument("--float64", action="store_true", help="compute in float64 (default: float32)")
+
+
+def _task_from_args(args):
+    import problems
+
+    return problems.make(
+        args.problem, samples=args.samples, seed=args.seed, width=args.width, layers=args.layers,
+        horizon=args.horizon, dynamics=args.dynamics, hidden=args.hidden, activation=args.activation,
+        integrator=args.integrator, l2=args.l2, l1=args.l1, smoothness=args.smoothness,
+        tracking=args.tracking,
+    )
+
+
+def _check_out(out: Path):
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory; pick another path")
+
+
+# -- train --------------------------------------------------------------------------------------
+def _train_parser(sub):
+    p = sub.add_parser("train", help="train one problem with one solver and save the result",
+                       description="Train a problem with a solver; write result.json, the controls, "
+                                   "a loss curve and a picture of the data flowing through the layers.")
+    _add_problem_options(p)
+    p.add_argument("--solver", default="gd", help="solver name (default: gd)")
+    p.add_argument("--iters", type=_positive_int, default=500, help="iteration budget (default: 500)")
+    p.add_argument("--seconds", type=_positive_float, help="wall-time budget in seconds")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate of the optimizer (default: 0.01)")
+    p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
+
+
+def _solver_from_args(args):
+    import optax
+
+    import solvers
+
+    opts = {}
+    if args.solver == "gd":
+        opts = dict(optimizer=optax.adam(args.lr), batch_size=args.batch_size)
+    return solvers.make_solver(args.solver, **opts)
+
+
+def _train(args):
+    import jax
+
+    import controlnet as cn
+    import solvers
+
+    _check_out(args.out)
+    task = _task_from_args(args)
+    solver = _solver_from_args(args)
+    controls = task.problem.init_controls(jax.random.PRNGKey(args.seed))
+    result = solvers.solve(solver, task.problem, controls, seed=args.seed, max_iters=args.iters,
+                           max_seconds=args.seconds, test=task.test, progress=not args.quiet)
+    result.save(args.out)
+    _save_pictures(args.out, task, result)
+    summary = {k: result.info[k] for k in ("loss", "accuracy", "test_accuracy", "iterations", "wall_time") if k in result.info}
+    print(json.dumps({"status": result.status, **summary}, indent=None))
+    print(f"wrote {args.out}/result.json, flow.png, loss.png")
+    del cn
+    return 3 if result.diverged else 0
+
+
+def _save_pictures(out: Path, task, result):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import controlnet as cn
+    from controlnet import plotting
+
+    problem = task.problem
+    zs = cn.forward(problem, result.controls.theta)
+    fig = plotting.plot_flow(zs, problem.y, T=float(problem.T),
+                             title=f"{task.name}: data through the layers ({result.info['solver']})")
+    _save_fig(fig, out / "flow.png")
+    if len(result.history.get("loss", ())):
+        fig = plotting.plot_history({result.info["solver"]: result.history})
+        _save_fig(fig, out / "loss.png")
+    plt.close("all")
+
+
+def _save_fig(fig, path: Path):
+    from controlnet.io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+# -- entry point --------------------------------------------------------------------------------
+SUBCOMMANDS = [_train_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="controlnet", description="Train neural networks as optimal control problems.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "float64", False):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    try:
+        return args.handler(args)
+    except (UsageError, ValueError, TypeError) as e:
+        # Validation errors say what to change; a traceback would hide that line.
+        print(f"controlnet: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
