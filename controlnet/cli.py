@@ -3,7 +3,8 @@
 This is the application layer: the one module of the package that imports :mod:`problems` and
 :mod:`solvers` (nothing in the core imports it). Each subcommand is a ``_<name>_parser`` that
 adds its options and a ``_<name>`` handler. Bad input prints one line ``controlnet: error: ...``
-and exits with status 2; a diverged solve exits with status 3.
+(no traceback) and exits with status 2; a diverged solve exits with status 3, an interrupted one
+(Ctrl-C, its last iterate saved and resumable) with 130.
 """
 
 from __future__ import annotations
@@ -18,6 +19,23 @@ __all__ = ["main", "build_parser"]
 
 class UsageError(Exception):
     """Bad input found by a handler before any work starts."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``main`` prints them), not usage + exit."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _seed(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {s!r}") from None
+    if not 0 <= v < 2**31:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..2147483647, got {s!r}")
+    return v
 
 
 def _positive_int(s):
@@ -67,7 +85,7 @@ def _add_problem_options(p):
     g.add_argument("--l1", type=_nonneg_float, default=0.0, help="weight of ‖θ‖₁ in the running cost")
     g.add_argument("--smoothness", type=_nonneg_float, default=0.0, help="weight β of (β/2h)Σ‖θ_{k+1}−θ_k‖²")
     g.add_argument("--tracking", type=_nonneg_float, default=0.0, help="weight γ of the loss at every layer")
-    g.add_argument("--seed", type=int, default=0, help="seed for data and initial controls (default: 0)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed for data and initial controls (default: 0)")
     g.add_argument("--float64", action="store_true", help="compute in float64 (default: float32)")
 
 
@@ -98,8 +116,14 @@ def _train_parser(sub):
     p.add_argument("--seconds", type=_positive_float, help="wall-time budget in seconds")
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate of the optimizer (default: 0.01)")
     p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--out", type=Path, help="output directory (default: the --resume directory)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="K",
+                   help="save the whole solver state to OUT/checkpoint.npz every K iterations "
+                        "(it is also saved on Ctrl-C and at the end)")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="continue the run saved in DIR/checkpoint.npz; pass the same problem and "
+                        "solver options (--iters counts from the start of the original run)")
     p.set_defaults(handler=_train)
 
 
@@ -114,25 +138,72 @@ def _solver_from_args(args):
     return solvers.make_solver(args.solver, **opts)
 
 
+#: ``train`` options that may change between a run and its resumption (budget and output).
+_RUN_OPTIONS = ("command", "handler", "out", "resume", "checkpoint_every", "iters", "seconds", "quiet")
+
+
+def _train_config(args) -> dict:
+    """The problem and solver options of a ``train`` run: what a resumed run must repeat."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+            if k not in _RUN_OPTIONS and not callable(v)}
+
+
+def _check_resume(args) -> Path:
+    from controlnet.io import checkpoint_info
+
+    if args.resume.exists() and not args.resume.is_dir():
+        raise UsageError(f"--resume {args.resume} is not a directory; pass the --out directory "
+                         "of the run to continue")
+    path = args.resume / "checkpoint.npz"
+    saved = checkpoint_info(path).get("cli")
+    if saved is not None:
+        now = _train_config(args)
+        diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        if diff:
+            opts = ", ".join(f"--{k.replace('_', '-')} {now.get(k)} (checkpoint: {saved.get(k)})"
+                             for k in diff)
+            raise UsageError(f"cannot resume from {args.resume}: {opts}; pass the same problem "
+                             "and solver options as the original run")
+    return path
+
+
 def _train(args):
+    import warnings
+
     import jax
 
-    import controlnet as cn
     import solvers
 
-    _check_out(args.out)
-    task = _task_from_args(args)
+    if args.out is None and args.resume is None:
+        raise UsageError("train needs --out DIR (or --resume DIR to continue a run there)")
+    out = args.out if args.out is not None else args.resume
+    _check_out(out)
+    resume = _check_resume(args) if args.resume is not None else None
     solver = _solver_from_args(args)
+    task = _task_from_args(args)
     controls = task.problem.init_controls(jax.random.PRNGKey(args.seed))
-    result = solvers.solve(solver, task.problem, controls, seed=args.seed, max_iters=args.iters,
-                           max_seconds=args.seconds, test=task.test, progress=not args.quiet)
-    result.save(args.out)
-    _save_pictures(args.out, task, result)
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*diverged at iteration", category=RuntimeWarning)
+        result = solvers.solve(solver, task.problem, controls, seed=args.seed, max_iters=args.iters,
+                               max_seconds=args.seconds, test=task.test, progress=not args.quiet,
+                               checkpoint=out / "checkpoint.npz", checkpoint_every=args.checkpoint_every,
+                               resume=resume, checkpoint_meta={"cli": _train_config(args)})
+    result.save(out)
+    _save_pictures(out, task, result)
     summary = {k: result.info[k] for k in ("loss", "accuracy", "test_accuracy", "iterations", "wall_time") if k in result.info}
     print(json.dumps({"status": result.status, **summary}, indent=None))
-    print(f"wrote {args.out}/result.json, flow.png, loss.png")
-    del cn
-    return 3 if result.diverged else 0
+    print(f"wrote {out}/result.json, checkpoint.npz, flow.png, loss.png")
+    if result.diverged:
+        print(f"controlnet: error: {result.info['solver']} diverged at iteration "
+              f"{result.info['diverged_at']} (non-finite loss, gradient or iterate); the last "
+              f"finite iterate is saved in {out}", file=sys.stderr)
+        return 3
+    if result.status == "interrupted":
+        print(f"controlnet: interrupted after {result.info['iterations']} iterations; saved in "
+              f"{out}; continue with the same options and --resume {out}", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _save_pictures(out: Path, task, result):
@@ -166,7 +237,7 @@ SUBCOMMANDS = [_train_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="controlnet", description="Train neural networks as optimal control problems.")
+    parser = _Parser(prog="controlnet", description="Train neural networks as optimal control problems.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
@@ -174,18 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "float64", False):
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
+    """Run the command line ``argv``; returns the exit status (0 ok, 2 bad input, 3 diverged,
+    130 interrupted)."""
     try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "float64", False):
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
         return args.handler(args)
-    except (UsageError, ValueError, TypeError) as e:
+    except (UsageError, ValueError, TypeError, OSError) as e:
         # Validation errors say what to change; a traceback would hide that line.
-        print(f"controlnet: error: {e}", file=sys.stderr)
+        print(f"controlnet: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a solve (which handles Ctrl-C itself): nothing to save
+        print("controlnet: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":
