@@ -117,7 +117,7 @@ def _train_parser(sub):
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate of the optimizer (default: 0.01)")
     p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
     p.add_argument("--out", type=Path, help="output directory (default: the --resume directory)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="K",
                    help="save the whole solver state to OUT/checkpoint.npz every K iterations "
                         "(it is also saved on Ctrl-C and at the end)")
@@ -186,7 +186,7 @@ def _train(args):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*diverged at iteration", category=RuntimeWarning)
         result = solvers.solve(solver, task.problem, controls, seed=args.seed, max_iters=args.iters,
-                               max_seconds=args.seconds, test=task.test, progress=not args.quiet,
+                               max_seconds=args.seconds, test=task.test, progress=False if args.quiet else None,
                                checkpoint=out / "checkpoint.npz", checkpoint_every=args.checkpoint_every,
                                resume=resume, checkpoint_meta={"cli": _train_config(args)})
     result.save(out)
