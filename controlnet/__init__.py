@@ -11,6 +11,13 @@ from .costs import LOSSES, Logistic, Loss, SoftmaxCrossEntropy, SquaredError
 from .dynamics import DYNAMICS, InnerActivation, OuterActivation, TwoLayer, VectorField
 from .hamiltonian import grad_theta, grad_z, hamiltonian, layer_hamiltonians
 from .integrators import INTEGRATORS, RK4, Euler, Integrator
+# Structure-preserving fields, splitting integrators and the MLP map (they register their names).
+from .mlp import NoResidual
+from .splitting import LieSplitting, PartitionedField, SplitField, StrangSplitting
+from .structured import (
+    Antisymmetric, Hamiltonian, LipschitzNet, MassPreserving, VolumePreserving, lipschitz_factor,
+)
+from . import architecture
 from .lift import lift
 from .problem import ControlProblem, Controls, metrics, objective
 from .readout import init_readout, readout
