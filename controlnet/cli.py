@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,13 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``main`` prints them), not usage + exit."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # So that "--l2 -1e-3" reaches the type check ("expected a number >= 0") instead of
+        # being taken for an option; argparse's own pattern misses exponents and inf/nan.
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$",
+                                                   re.IGNORECASE)
 
     def error(self, message):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -73,14 +81,14 @@ def _add_problem_options(p):
 
     g = p.add_argument_group("problem")
     g.add_argument("--problem", default="ring", choices=PROBLEMS, help="data set and default settings (default: ring)")
-    g.add_argument("--samples", type=_positive_int, default=500, help="training samples (default: 500); the test split has as many")
+    g.add_argument("--samples", type=_positive_int, help="training samples (default: the problem's, 500 for synthetic data); the test split has as many (digits: the rest)")
     g.add_argument("--width", type=_positive_int, help="state width d; data are zero-padded to it (default: the problem's)")
     g.add_argument("--layers", type=_positive_int, help="number of layers N (default: the problem's)")
     g.add_argument("--horizon", type=_positive_float, help="time horizon T, step h = T/N (default: the problem's)")
-    g.add_argument("--dynamics", help="vector field: inner σ(Wz+b), outer Wσ(z)+b, two_layer Bσ(Az+a)")
+    g.add_argument("--dynamics", help="vector field: inner σ(Wz+b), outer Wσ(z)+b, two_layer Bσ(Az+a), or a structured one: antisymmetric, hamiltonian, volume_preserving, mass_preserving, lipschitz")
     g.add_argument("--hidden", type=_positive_int, help="inner width m of two_layer dynamics")
     g.add_argument("--activation", default="tanh", help="tanh, relu, softplus, sigmoid or identity (default: tanh)")
-    g.add_argument("--integrator", default="euler", help="euler (a ResNet) or rk4 (default: euler)")
+    g.add_argument("--integrator", default="euler", help="euler (a ResNet), rk4, no_residual (an MLP), lie/symplectic_euler or strang/leapfrog (splitting, for the structured fields) (default: euler)")
     g.add_argument("--l2", type=_nonneg_float, help="weight α of (α/2)‖θ‖² in the running cost")
     g.add_argument("--l1", type=_nonneg_float, default=0.0, help="weight of ‖θ‖₁ in the running cost")
     g.add_argument("--smoothness", type=_nonneg_float, default=0.0, help="weight β of (β/2h)Σ‖θ_{k+1}−θ_k‖²")
@@ -181,7 +189,9 @@ def _train(args):
     resume = _check_resume(args) if args.resume is not None else None
     solver = _solver_from_args(args)
     task = _task_from_args(args)
-    controls = task.problem.init_controls(jax.random.PRNGKey(args.seed))
+    # One compiled function instead of one compile per eager op (seconds on a loaded machine).
+    init = jax.jit(lambda problem, key: problem.init_controls(key))
+    controls = init(task.problem, jax.random.PRNGKey(args.seed))
     out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*diverged at iteration", category=RuntimeWarning)
@@ -210,13 +220,14 @@ def _save_pictures(out: Path, task, result):
     import matplotlib
 
     matplotlib.use("Agg")
+    import jax
     import matplotlib.pyplot as plt
 
     import controlnet as cn
     from controlnet import plotting
 
     problem = task.problem
-    zs = cn.forward(problem, result.controls.theta)
+    zs = jax.jit(cn.forward)(problem, result.controls.theta)
     fig = plotting.plot_flow(zs, problem.y, T=float(problem.T),
                              title=f"{task.name}: data through the layers ({result.info['solver']})")
     _save_fig(fig, out / "flow.png")
