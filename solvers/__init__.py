@@ -6,9 +6,12 @@ Every solver has ``init(problem, controls, *, key)`` and a pure ``step(problem, 
 
 from .driver import evaluate, solve
 from .gd import GradientDescent
+from .direct import Direct
 
 #: Solver classes by the names the CLI uses.
 SOLVERS = {"gd": GradientDescent}
+
+SOLVERS["direct"] = Direct
 
 
 def make_solver(name: str, **options):

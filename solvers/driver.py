@@ -6,6 +6,9 @@ A solver is a frozen dataclass with a ``name`` and two pure functions:
     step(problem, state) -> (state, info)           (``info``: scalars about the *incoming*
                                                       iterate, at least ``loss``)
 
+A solver that is not a jitted step (the direct solver: one IPOPT solve) has instead
+``run(problem, controls, **budget) -> Result``, and ``solve`` hands over to it.
+
 ``solve`` compiles ``step`` once, runs it, records ``info`` and the wall time of every
 iteration, stops on a budget (iterations, seconds), a tolerance on the gradient norm or a target
 loss, and returns a :class:`controlnet.Result`. A non-finite loss or iterate stops the solve with
@@ -115,6 +118,14 @@ def solve(
     _check_controls(problem, controls)
     if test is not None:
         problem.with_data(*test)  # validate the test split now, not after the solve
+    if callable(getattr(solver, "run", None)):
+        # Not a jitted step (the direct solver is one IPOPT solve): the solver runs itself.
+        if checkpoint is not None or resume is not None:
+            raise ValueError(f"solver {getattr(solver, 'name', solver)!r} is one solve with no "
+                             "state to checkpoint; drop checkpoint/resume")
+        return solver.run(problem, controls, key=key, seed=seed, max_iters=max_iters,
+                          max_seconds=max_seconds, tol=tol, target_loss=target_loss, test=test,
+                          progress=progress, callback=callback)
     key = jax.random.PRNGKey(seed) if key is None else key
     from tqdm.auto import tqdm
 
