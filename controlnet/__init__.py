@@ -25,3 +25,4 @@ from .state import final_state, forward
 
 __version__ = "0.1.0"
 from .io import Result, load_controls, save_controls
+from . import diagnostics  # turnpike, regularization, stability and landscape diagnostics

@@ -59,3 +59,204 @@ def plot_history(histories: dict, key: str = "loss", *, against: str = "iteratio
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# -- diagnostics pictures (turnpike, stability, landscape) --------------------------------------
+__all__ += [
+    "plot_flow_grid",
+    "plot_decision_regions",
+    "plot_turnpike",
+    "plot_error_vs_horizon",
+    "plot_eigenvalues",
+    "plot_landscape",
+]
+
+
+def _input_box(x, margin=0.15):
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    pad = margin * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def plot_flow_grid(problem, controls, layers=None, *, lines: int = 11, points: int = 60,
+                   title: str | None = None):
+    """The data and a grid of the input plane pushed through the layers (2-D inputs).
+
+    The grid lines ``x₁ = const`` and ``x₂ = const`` over the data's bounding box are lifted and
+    moved by the same flow ``z_{k+1} = Ψ_h(z_k, θ_k)`` as the data; states of width 3 or more
+    are drawn in 3-D (first three coordinates).
+    """
+    from .lift import lift
+    from .state import forward
+
+    x = np.asarray(problem.x)
+    if x.shape[1] != 2:
+        raise ValueError(f"plot_flow_grid needs 2-D inputs, got {x.shape[1]}-D data")
+    (x0, y0), (x1, y1) = _input_box(x)
+    s = np.linspace(0.0, 1.0, points)
+    grid = [np.stack([np.full(points, a), y0 + s * (y1 - y0)], 1) for a in np.linspace(x0, x1, lines)]
+    grid += [np.stack([x0 + s * (x1 - x0), np.full(points, b)], 1) for b in np.linspace(y0, y1, lines)]
+    g = np.concatenate(grid)
+    zg = np.asarray(forward(problem, controls.theta, z0=lift(g.astype(x.dtype), problem.width)))
+    zs = np.asarray(forward(problem, controls.theta))
+    zg = zg.reshape(zg.shape[0], 2 * lines, points, -1)
+    y = np.asarray(problem.y).reshape(len(x), -1)[:, 0]
+    N = zs.shape[0] - 1
+    layers = layer_choice(N) if layers is None else list(layers)
+    three = zs.shape[-1] >= 3
+    fig = plt.figure(figsize=(3.8 * len(layers), 3.8))
+    for j, k in enumerate(layers):
+        ax = fig.add_subplot(1, len(layers), j + 1, projection="3d" if three else None)
+        dims = 3 if three else 2
+        for line in zg[k]:
+            ax.plot(*line[:, :dims].T, color="0.6", lw=0.5)
+        ax.scatter(*zs[k][:, :dims].T, c=y, cmap="coolwarm", s=6, vmin=y.min(), vmax=y.max())
+        ax.set_title(f"layer {k}, t = {k * float(problem.T) / N:.2g}", fontsize=10)
+        if not three:
+            ax.set_aspect("equal", adjustable="datalim")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_decision_regions(problem, controls, layers=None, *, resolution: int = 120,
+                          title: str | None = None):
+    """Per layer ``k``, the read-out applied to ``z_k(x)`` over the input plane (2-D inputs).
+
+    Colour is the first read-out output ``λ2(z_k(x); w)₁`` (the arg-max class for several
+    outputs); the black line is the decision boundary (output ``0`` for the logistic loss,
+    ``½`` for regression to 0/1 labels). Layer ``N`` is the trained classifier; earlier layers
+    show what truncating the network there would decide.
+    """
+    from .costs import Logistic, SoftmaxCrossEntropy
+    from .lift import lift
+    from .readout import readout
+    from .state import forward
+
+    x = np.asarray(problem.x)
+    if x.shape[1] != 2:
+        raise ValueError(f"plot_decision_regions needs 2-D inputs, got {x.shape[1]}-D data")
+    (x0, y0), (x1, y1) = _input_box(x)
+    X, Y = np.meshgrid(np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution))
+    g = np.stack([X.ravel(), Y.ravel()], 1).astype(x.dtype)
+    zg = forward(problem, controls.theta, z0=lift(g, problem.width))
+    out = np.asarray(readout(zg, controls.w))
+    many = isinstance(problem.loss, SoftmaxCrossEntropy)
+    value = out.argmax(-1) if many else out[..., 0]
+    level = 0.0 if isinstance(problem.loss, Logistic) else 0.5
+    y = np.asarray(problem.y).reshape(len(x), -1)[:, 0]
+    N = out.shape[0] - 1
+    layers = layer_choice(N) if layers is None else list(layers)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], layers):
+        V = value[k].reshape(X.shape)
+        if many:
+            ax.contourf(X, Y, V, levels=np.arange(-0.5, out.shape[-1]), cmap="coolwarm", alpha=0.5)
+        else:
+            span = max(np.max(np.abs(V - level)), 1e-12)
+            ax.contourf(X, Y, V, levels=21, cmap="coolwarm", vmin=level - span, vmax=level + span, alpha=0.6)
+            if V.min() < level < V.max():
+                ax.contour(X, Y, V, levels=[level], colors="k", linewidths=1)
+        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=5, edgecolors="none")
+        ax.set_title(f"read-out at layer {k}", fontsize=10)
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_turnpike(runs, key: str = "theta_norm", *, ylabel: str | None = None, logy: bool = True,
+                  eps: float | None = None, title: str | None = None):
+    """A per-layer curve against ``t/T`` for several horizons on one axis.
+
+    ``runs`` is a list of dicts with ``T``, ``t`` (interval midpoints) and ``key`` (as written
+    by the depth study); ``eps`` draws the band ``v ≤ ε``.
+    """
+    fig, ax = plt.subplots(figsize=(5.8, 3.9))
+    cmap = plt.get_cmap("viridis")
+    for j, r in enumerate(runs):
+        t = np.asarray(r["t"], float) / float(r["T"])
+        ax.plot(t, np.asarray(r[key], float), color=cmap(j / max(len(runs) - 1, 1)),
+                label=f"T = {float(r['T']):g}, N = {r.get('N', len(t))}")
+    if eps is not None:
+        ax.axhline(eps, color="k", ls=":", lw=1, label=f"ε = {eps:g}")
+    ax.set_xlabel("t / T")
+    ax.set_ylabel(ylabel or {"theta_norm": "‖θ(t)‖", "speed": "flow speed ‖z_{k+1}−z_k‖/h"}.get(key, key))
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_vs_horizon(series: dict, *, xlabel: str = "horizon T", ylabel: str = "training error",
+                          reference: float | None = -1.0, title: str | None = None):
+    """Error against ``T`` (or ``N``) on log-log axes, one line per ``label: (x, error)``, each
+    with its least-squares slope in the legend; ``reference`` draws a line of that slope."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.9))
+    for label, (xv, ev) in series.items():
+        xv, ev = np.asarray(xv, float), np.asarray(ev, float)
+        ok = (xv > 0) & (ev > 0)
+        slope = np.polyfit(np.log(xv[ok]), np.log(ev[ok]), 1)[0] if ok.sum() >= 2 else np.nan
+        ax.plot(xv, ev, "o-", label=f"{label} (slope {slope:.2f})")
+    if reference is not None and series:
+        xv, ev = (np.asarray(a, float) for a in next(iter(series.values())))
+        ref = ev[0] * (xv / xv[0]) ** reference
+        ax.plot(xv, ref, "k--", lw=1, label=f"slope {reference:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_eigenvalues(eigenvalues, h: float, *, title: str | None = None):
+    """``hλ`` for the eigenvalues ``λ`` of ``∂_z f`` (shape ``(N, ...)``, coloured by layer)
+    against the forward-Euler stability disc ``|1 + hλ| ≤ 1``."""
+    lam = np.asarray(eigenvalues)
+    N = lam.shape[0]
+    hl = h * lam.reshape(N, -1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    s = np.linspace(0, 2 * np.pi, 200)
+    ax.fill(-1 + np.cos(s), np.sin(s), color="0.9", label="|1 + hλ| ≤ 1")
+    ax.plot(-1 + np.cos(s), np.sin(s), color="0.5", lw=1)
+    layer = np.broadcast_to(np.arange(N)[:, None], hl.shape)
+    sc = ax.scatter(hl.real.ravel(), hl.imag.ravel(), c=layer.ravel(), cmap="viridis", s=4)
+    fig.colorbar(sc, ax=ax, label="layer k")
+    ax.axhline(0, color="0.7", lw=0.5)
+    ax.axvline(0, color="0.7", lw=0.5)
+    ax.set_xlabel("Re hλ")
+    ax.set_ylabel("Im hλ")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_landscape(alphas, betas, J, *, log: bool = True, title: str | None = None):
+    """Contours of ``J(θ + a δ₁ + b δ₂)`` over the grid (rows ``a``, columns ``b``); the trained
+    controls sit at the origin."""
+    A, B = np.meshgrid(np.asarray(alphas), np.asarray(betas), indexing="ij")
+    V = np.asarray(J, float)
+    fig, ax = plt.subplots(figsize=(4.8, 4.0))
+    cs = ax.contourf(A, B, np.log10(V) if log else V, levels=30, cmap="viridis")
+    fig.colorbar(cs, ax=ax, label="log₁₀ J" if log else "J")
+    ax.plot([0], [0], "r*", ms=10)
+    ax.set_xlabel("a (direction δ₁)")
+    ax.set_ylabel("b (direction δ₂)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -65,12 +65,12 @@ def loglog_slope(x, y) -> float:
     return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
-def _fit(t, v, T):
+def _fit(t, v, T, amplitudes="equal"):
     try:
-        f = dg.fit_turnpike(t, v, T)
+        f = dg.fit_turnpike(t, v, T, amplitudes=amplitudes)
     except ValueError:  # e.g. a control that vanishes everywhere: no rate to fit
-        return {"mu": float("nan"), "C": float("nan"), "r2": float("nan")}
-    return {"mu": f.mu, "C": f.C, "r2": f.r2}
+        return {"mu": float("nan"), "C0": float("nan"), "CT": float("nan"), "r2": float("nan")}
+    return {"mu": f.mu, "C0": f.C0, "CT": f.CT, "r2": f.r2}
 
 
 def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
@@ -88,6 +88,7 @@ def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
     T, h = float(problem.T), float(problem.h)
     fit_theta = _fit(prof["t"], prof["theta_norm"], T)
     fit_speed = _fit(prof["t"], prof["speed"], T)
+    free = _fit(prof["t"], prof["theta_norm"], T, "free")
     reg = dg.regularization_summary(c.theta, h)
     info = result.info
     mid = slice(problem.N // 4, problem.N - problem.N // 4)  # the middle half of the horizon
@@ -96,7 +97,9 @@ def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
         "wall_time": info["wall_time"], "loss": info["loss"],
         "training_error": info["data_loss"], "accuracy": info["accuracy"],
         "theta_l2": reg["l2"], "theta_l1": reg["l1"], "theta_dt_l2": reg["dt_l2"],
-        "mu": fit_theta["mu"], "mu_r2": fit_theta["r2"], "mu_C": fit_theta["C"],
+        "mu": fit_theta["mu"], "mu_r2": fit_theta["r2"], "mu_C": fit_theta["C0"],
+        "mu_free": free["mu"], "mu_free_r2": free["r2"], "mu_free_C0": free["C0"],
+        "mu_free_CT": free["CT"],
         "mu_speed": fit_speed["mu"], "mu_speed_r2": fit_speed["r2"],
         "eps": eps,
         "band_fraction": dg.band_fraction(prof["theta_norm"], eps),

@@ -107,15 +107,30 @@ def test_fit_recovers_an_exact_exponential_profile(mu):
     v = C * (np.exp(-mu * t) + np.exp(-mu * (T - t)))
     fit = dg.fit_turnpike(t, v, T)
     np.testing.assert_allclose(fit.mu, mu, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(fit.C, C, rtol=1e-5)
+    np.testing.assert_allclose([fit.C0, fit.CT], C, rtol=1e-5)
     assert fit.r2 > 1 - 1e-10 and fit.rel_rms < 1e-6
+    free = dg.fit_turnpike(t, v, T, amplitudes="free")
+    np.testing.assert_allclose([free.mu, free.C0, free.CT], [mu, C, C], rtol=1e-6)
+
+
+@pytest.mark.parametrize("C0, CT", [(2.0, 0.1), (1.5, 0.0)])
+def test_free_amplitudes_recover_an_asymmetric_and_a_one_sided_profile(C0, CT):
+    T, mu = 8.0, 0.8
+    t = (np.arange(32) + 0.5) * T / 32
+    v = C0 * np.exp(-mu * t) + CT * np.exp(-mu * (T - t))
+    fit = dg.fit_turnpike(t, v, T, amplitudes="free")
+    np.testing.assert_allclose([fit.mu, fit.C0], [mu, C0], rtol=1e-6)
+    np.testing.assert_allclose(fit.CT, CT, rtol=1e-6, atol=1e-9)
+    assert fit.r2 > 1 - 1e-10
+    # the equal-amplitude form cannot follow a one-sided profile
+    assert CT > 0 or dg.fit_turnpike(t, v, T).r2 < 0.9
 
 
 def test_fit_of_a_flat_profile_is_mu_zero_and_a_bump_fits_badly():
     T = 4.0
     t = (np.arange(20) + 0.5) * T / 20
     fit = dg.fit_turnpike(t, np.full(20, 2.5), T)
-    assert fit.mu == 0.0 and fit.C == pytest.approx(1.25, rel=1e-14) and fit.r2 == 1.0
+    assert fit.mu == 0.0 and fit.C0 == pytest.approx(1.25, rel=1e-14) and fit.r2 == 1.0
     bump = np.exp(-((t - T / 2) ** 2))  # largest mid-horizon: the opposite of a turnpike
     assert dg.fit_turnpike(t, bump, T).r2 < 0.1
 

@@ -161,31 +161,39 @@ def steady_distance(theta, zs, steady: SteadyState) -> dict:
 
 # -- the exponential profile -------------------------------------------------------------------
 class TurnpikeFit(NamedTuple):
-    """``v(t) ≈ C (e^{−μ t} + e^{−μ (T−t)})``; ``r2`` is the coefficient of determination of the
-    fit of ``log v`` and ``rel_rms`` the relative RMS error of ``v`` itself."""
+    """``v(t) ≈ C₀ e^{−μ t} + C_T e^{−μ (T−t)}`` (``C₀ = C_T = C`` for the symmetric fit);
+    ``r2`` is the coefficient of determination of ``log v`` and ``rel_rms`` the relative RMS
+    error of ``v`` itself."""
 
     mu: float
-    C: float
+    C0: float
+    CT: float
     r2: float
     rel_rms: float
 
 
-def _log_profile(t, T, mu):
-    return np.logaddexp(-mu * t, -mu * (T - t))
+def fit_turnpike(t, values, T, *, amplitudes: str = "equal") -> TurnpikeFit:
+    """Least-squares fit of the turnpike profile to positive values ``v(t_k)``.
 
+    ``amplitudes="equal"``: ``log v = log C + log(e^{−μ t} + e^{−μ (T−t)})``, the form of the
+    turnpike estimate. For a fixed ``μ`` the best ``log C`` is the mean residual.
+    ``amplitudes="free"``: ``v = C₀ e^{−μ t} + C_T e^{−μ (T−t)}`` with ``C₀, C_T ≥ 0``, for
+    profiles whose two ends differ (with a tracking term the terminal cost agrees with the running
+    one and often only the initial arc remains, ``C_T ≈ 0``). For a fixed ``μ`` the amplitudes
+    minimize the relative error ``Σ ((v − model)/v)²``, a non-negative linear least-squares
+    problem.
 
-def fit_turnpike(t, values, T) -> TurnpikeFit:
-    """Least-squares fit of ``log v(t) = log C + log(e^{−μ t} + e^{−μ (T−t)})``.
-
-    For a fixed ``μ`` the best ``log C`` is the mean residual, so the fit is a 1-D search over
-    ``μ`` (a grid on ``[0, 20/Δt]`` with ``Δt`` the smallest spacing of ``t``, refined by a
-    bounded scalar minimization). ``μ`` and ``−μ`` give the same shape (``e^{μT}`` times it), so
-    ``μ ≥ 0``: ``μ > 0`` is decay away from both ends, ``μ = 0`` a flat profile; a profile with
-    a bump in the middle fits badly (low ``r2``). Non-positive values carry no logarithm and are
-    left out; at least three positive values are needed.
+    Either way the fit is then a 1-D search over ``μ`` (a grid on ``[0, 20/Δt]``, ``Δt`` the
+    smallest spacing of ``t``, refined by a bounded scalar minimization) of the squared error of
+    ``log v``. With equal amplitudes ``μ`` and ``−μ`` give the same shape, so ``μ ≥ 0``:
+    ``μ > 0`` is decay away from the ends, ``μ = 0`` a flat profile; a profile with a bump in
+    the middle fits badly (low ``r2``). Non-positive values carry no logarithm and are left out;
+    at least three positive values are needed.
     """
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar, nnls
 
+    if amplitudes not in ("equal", "free"):
+        raise ValueError(f"amplitudes must be 'equal' or 'free', got {amplitudes!r}")
     t = np.asarray(t, dtype=float)
     v = np.asarray(values, dtype=float)
     T = float(T)
@@ -198,29 +206,42 @@ def fit_turnpike(t, values, T) -> TurnpikeFit:
         raise ValueError(f"need at least 3 positive values to fit μ, got {int(keep.sum())}")
     t, v = t[keep], v[keep]
     logv = np.log(v)
-    dt = np.min(np.diff(np.sort(t))) if len(t) > 1 else T
+    dt = np.min(np.diff(np.sort(t)))
     dt = dt if dt > 0 else T
 
+    def model(mu):
+        """``(C₀, C_T, log model)`` for this ``μ``."""
+        g0, gT = np.exp(-mu * t), np.exp(-mu * (T - t))
+        if amplitudes == "equal":
+            logg = np.logaddexp(-mu * t, -mu * (T - t))
+            logC = float(np.mean(logv - logg))
+            return np.exp(logC), np.exp(logC), logC + logg
+        (c0, cT), _ = nnls(np.stack([g0 / v, gT / v], axis=1), np.ones_like(v))
+        m = c0 * g0 + cT * gT
+        with np.errstate(divide="ignore"):
+            return c0, cT, np.where(m > 0, np.log(np.maximum(m, 1e-300)), -np.inf)
+
     def ssr(mu):
-        r = logv - _log_profile(t, T, mu)
-        return float(np.sum((r - r.mean()) ** 2))
+        r = logv - model(mu)[2]
+        return float(np.sum(r**2)) if np.all(np.isfinite(r)) else np.inf
 
     grid = np.concatenate([[0.0], np.geomspace(1e-3 / T, 20.0 / dt, 400)])
     vals = np.array([ssr(m) for m in grid])
     j = int(np.argmin(vals))
-    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
     mu = grid[j]
+    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
     if hi > lo:
-        res = minimize_scalar(ssr, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12 * max(1.0, abs(mu))})
-        if res.fun <= vals[j]:
+        res = minimize_scalar(ssr, bounds=(lo, hi), method="bounded",
+                              options={"xatol": 1e-12 * max(1.0, abs(mu))})
+        if res.fun < vals[j]:
             mu = float(res.x)
-    logC = float(np.mean(logv - _log_profile(t, T, mu)))
+    c0, cT, logm = model(mu)
     sst = float(np.sum((logv - logv.mean()) ** 2))
+    err = ssr(mu)
     tiny = 1e-20 * len(v)  # a flat profile: both sums are round-off
-    r2 = 1.0 - ssr(mu) / sst if sst > tiny else float(ssr(mu) <= tiny)
-    fit = np.exp(logC + _log_profile(t, T, mu))
-    rel = float(np.sqrt(np.mean((v - fit) ** 2) / np.mean(v**2)))
-    return TurnpikeFit(float(mu), float(np.exp(logC)), float(r2), rel)
+    r2 = 1.0 - err / sst if sst > tiny else float(err <= tiny)
+    rel = float(np.sqrt(np.mean((v - np.exp(logm)) ** 2) / np.mean(v**2)))
+    return TurnpikeFit(float(mu), float(c0), float(cT), float(r2), rel)
 
 
 def band_fraction(values, eps: float) -> float:

@@ -1,0 +1,181 @@
+"""The depth study against solvers whose answer is known in closed form.
+
+An *oracle* solver writes down the controls of a one-dimensional drift ``ż = u(t)`` directly, so
+the study's bookkeeping (horizon grid, training error, ``‖θ‖_{L²}``, ``μ``, band fraction, the
+log-log slope, train/test split of the regularization sweep) is checked against formulas.
+"""
+
+import dataclasses
+import math
+from typing import ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import controlnet as cn
+from solvers import depth_study as ds
+
+
+@dataclasses.dataclass(frozen=True)
+class Drift(cn.VectorField):
+    """``f(z, θ) = u``."""
+
+    def __call__(self, z, theta):
+        return jnp.broadcast_to(theta["u"], z.shape)
+
+    def init(self, key, d, scale=1.0):
+        return {"u": scale * jax.random.normal(key, (d,))}
+
+
+class OracleState(NamedTuple):
+    controls: cn.Controls
+
+
+IDENTITY = {"A": jnp.ones((1, 1)), "c": jnp.zeros(1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnpikeOracle:
+    """``u_k = a g(t_k)``, ``g(t) = e^{−μt} + e^{−μ(T−t)}``, ``a`` such that ``z_N = L − √(2e₀/T)``:
+    from ``z_0 = 0`` to targets ``y = L`` the training error ``½(z_N − L)²`` is exactly ``e₀/T``."""
+
+    mu: float = 0.9
+    L: float = 5.0
+    e0: float = 0.5
+    name: ClassVar[str] = "oracle"
+
+    def init(self, problem, controls, *, key):
+        return OracleState(controls)
+
+    def step(self, problem, state):
+        T, h = problem.T, problem.h
+        t = (jnp.arange(problem.N) + 0.5) * h
+        g = jnp.exp(-self.mu * t) + jnp.exp(-self.mu * (T - t))
+        a = (self.L - jnp.sqrt(2 * self.e0 / T)) / (h * jnp.sum(g))
+        controls = cn.Controls({"u": (a * g)[:, None]}, IDENTITY)
+        return OracleState(controls), {"loss": cn.objective(problem, state.controls)[0]}
+
+
+def oracle_profile(oracle, T, N):
+    h = T / N
+    t = (np.arange(N) + 0.5) * h
+    g = np.exp(-oracle.mu * t) + np.exp(-oracle.mu * (T - t))
+    return (oracle.L - np.sqrt(2 * oracle.e0 / T)) / (h * g.sum()) * g
+
+
+def factory(T, N, tracking):
+    x = np.zeros((3, 1))
+    y = np.full((3, 1), TurnpikeOracle.L)
+    return cn.ControlProblem(Drift(), cn.Euler(), N, 1, cn.SquaredError(1), x, y, T=T, l2=1e-2,
+                             tracking=tracking)
+
+
+def test_horizon_grid():
+    assert ds.horizon_grid([1, 2, 4], 0.25) == [(1.0, 4), (2.0, 8), (4.0, 16)]
+    assert ds.horizon_grid([1, 2, 4], 0.25, fixed_T=3.0) == [(3.0, 4), (3.0, 8), (3.0, 16)]
+    with pytest.raises(ValueError, match="repeated layer counts"):
+        ds.horizon_grid([1.0, 1.1], 0.5)
+    with pytest.raises(ValueError, match="step"):
+        ds.horizon_grid([1.0], 0.0)
+    with pytest.raises(ValueError, match="horizons"):
+        ds.horizon_grid([1.0, -2.0], 0.5)
+
+
+def test_loglog_slope_of_a_power_law():
+    T = np.array([1.0, 2.0, 4.0, 8.0])
+    assert ds.loglog_slope(T, 3.0 * T**-1.0) == pytest.approx(-1.0, abs=1e-12)
+    assert ds.loglog_slope(T, 0.2 * T**0.5) == pytest.approx(0.5, abs=1e-12)
+    assert math.isnan(ds.loglog_slope([1.0], [1.0]))
+
+
+@pytest.fixture(scope="module")
+def oracle_study():
+    oracle = TurnpikeOracle()
+    seen = []
+
+    def recording_factory(T, N, tracking):
+        seen.append(tracking)
+        return factory(T, N, tracking)
+
+    out = ds.depth_vs_turnpike(recording_factory, oracle, [1.0, 2.0, 4.0], tracking=0.5,
+                               step=0.25, max_iters=1, eps=0.3)
+    return oracle, out, seen
+
+
+def test_study_measures_the_oracle_exactly(oracle_study):
+    oracle, out, seen = oracle_study
+    assert seen == [0.0] * 3 + [0.5] * 3
+    for name in ("l2", "tracking"):
+        study = out[name]
+        assert study["mode"] == "fixed_h" and study["slope_against"] == "T"
+        assert [(r["T"], r["N"]) for r in study["runs"]] == [(1.0, 4), (2.0, 8), (4.0, 16)]
+        for r in study["runs"]:
+            u = oracle_profile(oracle, r["T"], r["N"])
+            np.testing.assert_allclose(r["training_error"], oracle.e0 / r["T"], rtol=1e-10)
+            np.testing.assert_allclose(r["theta_l2"], np.sqrt(r["h"] * np.sum(u**2)), rtol=1e-12)
+            np.testing.assert_allclose(r["theta_norm"], u, rtol=1e-12)
+            np.testing.assert_allclose(r["speed"], u, rtol=1e-10)
+            np.testing.assert_allclose(r["mu"], oracle.mu, rtol=1e-6)
+            assert r["band_fraction"] == np.mean(u <= 0.3)
+            # risk at layer k: ½ (z_k − L)² with z_k = h Σ_{j<k} u_j
+            z = np.concatenate([[0.0], np.cumsum(r["h"] * u)])
+            np.testing.assert_allclose(r["risk"], 0.5 * (z - oracle.L) ** 2, rtol=1e-10)
+        assert study["slope"] == pytest.approx(-1.0, abs=1e-9)
+    assert out["tracking"]["tracking"] == 0.5
+
+
+def test_fixed_T_sweeps_N_only():
+    # At a fixed horizon the oracle's error e₀/T does not depend on N: slope 0 against N.
+    oracle = TurnpikeOracle()
+    study = ds.depth_study(factory, oracle, [1.0, 2.0, 4.0], step=0.5, fixed_T=3.0, max_iters=1)
+    assert study["mode"] == "fixed_T" and study["slope_against"] == "N"
+    assert [(r["T"], r["N"]) for r in study["runs"]] == [(3.0, 2), (3.0, 4), (3.0, 8)]
+    np.testing.assert_allclose([r["training_error"] for r in study["runs"]], oracle.e0 / 3.0, rtol=1e-10)
+    assert study["slope"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_depth_vs_turnpike_without_tracking_runs_only_l2():
+    out = ds.depth_vs_turnpike(factory, TurnpikeOracle(), [1.0, 2.0], tracking=0.0, step=0.5, max_iters=1)
+    assert set(out) == {"l2"}
+    with pytest.raises(ValueError, match="tracking"):
+        ds.depth_vs_turnpike(factory, TurnpikeOracle(), [1.0], tracking=-1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RidgeOracle:
+    """The exact minimizer of ``½ mean (x_i + T u − y_i)² + T α/2 u²`` (constant ``u`` is optimal
+    by convexity and symmetry of the layers): ``u = (ȳ − x̄)/(T + α)``, read-out the identity."""
+
+    name: ClassVar[str] = "ridge"
+
+    def init(self, problem, controls, *, key):
+        return OracleState(controls)
+
+    def step(self, problem, state):
+        u = (jnp.mean(problem.y) - jnp.mean(problem.x)) / (problem.T + problem.l2)
+        controls = cn.Controls({"u": jnp.full((problem.N, 1), u)}, IDENTITY)
+        return OracleState(controls), {"loss": cn.objective(problem, state.controls)[0]}
+
+
+def test_regularization_sweep_trains_on_train_and_scores_on_test():
+    rng = np.random.default_rng(0)
+    x, x_test = rng.normal(size=(40, 1)), rng.normal(size=(30, 1))
+    y = x + 1.0 + 0.5 * rng.normal(size=(40, 1))  # noisy targets
+    y_test = x_test + 1.0 + 0.5 * rng.normal(size=(30, 1))
+    T = 2.0
+    base = cn.ControlProblem(Drift(), cn.Euler(), 4, 1, cn.SquaredError(1), x[:5], y[:5], T=T, l2=1.0)
+    weights = [0.0, 0.5, 4.0]
+    out = ds.regularization_sweep(base, RidgeOracle(), weights, (x, y, x_test, y_test), max_iters=1)
+    assert out["kind"] == "l2" and [r["weight"] for r in out["runs"]] == weights
+    for r, alpha in zip(out["runs"], weights):
+        u = (y.mean() - x.mean()) / (T + alpha)
+        np.testing.assert_allclose(r["train_loss"], 0.5 * np.mean((x + T * u - y) ** 2), rtol=1e-12)
+        np.testing.assert_allclose(r["test_loss"], 0.5 * np.mean((x_test + T * u - y_test) ** 2), rtol=1e-12)
+        np.testing.assert_allclose(r["theta_l2"], np.sqrt(T) * abs(u), rtol=1e-12)
+        assert r["theta_dt_l2"] == 0.0 and r["stopping_time"] == T
+    with pytest.raises(ValueError, match="kind"):
+        ds.regularization_sweep(base, RidgeOracle(), weights, (x, y, x_test, y_test), kind="l3")
+    with pytest.raises(ValueError, match="x_test"):
+        ds.regularization_sweep(base, RidgeOracle(), weights, (x, y))
