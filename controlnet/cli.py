@@ -186,8 +186,13 @@ def _train(args):
         raise UsageError("train needs --out DIR (or --resume DIR to continue a run there)")
     out = args.out if args.out is not None else args.resume
     _check_out(out)
-    resume = _check_resume(args) if args.resume is not None else None
     solver = _solver_from_args(args)
+    # A solver with run() (direct: one IPOPT solve) has no iterations to checkpoint.
+    one_solve = callable(getattr(solver, "run", None))
+    if one_solve and (args.checkpoint_every is not None or args.resume is not None):
+        raise UsageError(f"--solver {args.solver} is one solve with no state to checkpoint; drop "
+                         "--checkpoint-every and --resume")
+    resume = _check_resume(args) if args.resume is not None else None
     task = _task_from_args(args)
     # One compiled function instead of one compile per eager op (seconds on a loaded machine).
     init = jax.jit(lambda problem, key: problem.init_controls(key))
@@ -197,13 +202,14 @@ def _train(args):
         warnings.filterwarnings("ignore", message=".*diverged at iteration", category=RuntimeWarning)
         result = solvers.solve(solver, task.problem, controls, seed=args.seed, max_iters=args.iters,
                                max_seconds=args.seconds, test=task.test, progress=False if args.quiet else None,
-                               checkpoint=out / "checkpoint.npz", checkpoint_every=args.checkpoint_every,
+                               checkpoint=None if one_solve else out / "checkpoint.npz",
+                               checkpoint_every=args.checkpoint_every,
                                resume=resume, checkpoint_meta={"cli": _train_config(args)})
     result.save(out)
     _save_pictures(out, task, result)
     summary = {k: result.info[k] for k in ("loss", "accuracy", "test_accuracy", "iterations", "wall_time") if k in result.info}
     print(json.dumps({"status": result.status, **summary}, indent=None))
-    print(f"wrote {out}/result.json, checkpoint.npz, flow.png, loss.png")
+    print(f"wrote {out}/result.json, {'' if one_solve else 'checkpoint.npz, '}flow.png, loss.png")
     if result.diverged:
         print(f"controlnet: error: {result.info['solver']} diverged at iteration "
               f"{result.info['diverged_at']} (non-finite loss, gradient or iterate); the last "
