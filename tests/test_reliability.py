@@ -267,6 +267,8 @@ def _tiny_run(solver, **kw):
 
 @pytest.mark.parametrize("solver", EVERY_SOLVER)
 def test_resume_continues_the_same_history(solver, tmp_path):
+    if callable(getattr(solver, "run", None)):
+        pytest.skip(f"{solver.name} is one solve (run()), not a step: nothing to checkpoint")
     ck = tmp_path / "checkpoint.npz"
     full = _tiny_run(solver, max_iters=6)
     part = _tiny_run(solver, max_iters=4, checkpoint=ck, checkpoint_every=2)
