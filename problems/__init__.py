@@ -1,4 +1,6 @@
 """Data sets and ready-made control problems; imports :mod:`controlnet` only."""
 
-from .datasets import DATASETS, ring, spirals, xor
-from .tasks import DEFAULTS, PROBLEMS, Task, make
+from .datasets import (
+    DATASETS, FIXED_DATASETS, digits, noisy_ring, ring, sine, spirals, square, two_moons, xor,
+)
+from .tasks import DEFAULTS, LOSSES, PROBLEMS, Task, make

@@ -1,18 +1,26 @@
 """Ready-made control problems on the data sets, with defaults that train well.
 
 A :class:`Task` is a training problem (a :class:`controlnet.ControlProblem` on the training
-data) plus a held-out test split drawn from the same distribution with another seed.
+data) plus a held-out test split: for synthetic data drawn from the same distribution with
+another seed, for a fixed data set (digits) the samples left out of a seeded shuffle.
+
+Each problem has a loss (logistic for two classes, cross-entropy for the digits, squared error
+for the regressions ``x ↦ x²`` and ``sin x``), an input dimension fixed by its data, and default
+settings in :data:`DEFAULTS`; every setting can be overridden in :func:`make`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
+
+import numpy as np
 
 import controlnet as cn
 
 from . import datasets
 
-__all__ = ["Task", "make", "PROBLEMS", "DEFAULTS"]
+__all__ = ["Task", "make", "PROBLEMS", "DEFAULTS", "LOSSES"]
 
 
 class Task(NamedTuple):
@@ -23,26 +31,76 @@ class Task(NamedTuple):
     test: Any = None
 
 
-#: Per problem: data set, state width, layers, horizon, vector field and its settings.
+#: Per problem: samples, state width, layers, horizon, vector field and its settings.
 DEFAULTS = {
     "ring": dict(width=3, layers=20, horizon=5.0, dynamics="inner", hidden=16, l2=1e-3),
     "spiral": dict(width=2, layers=40, horizon=10.0, dynamics="two_layer", hidden=16, l2=1e-4),
     "xor": dict(width=2, layers=20, horizon=5.0, dynamics="two_layer", hidden=8, l2=1e-3),
+    # Label noise 10%, test split as noisy: a gap above 90% train accuracy is overfitting.
+    "noisy_ring": dict(width=3, layers=20, horizon=5.0, dynamics="inner", hidden=16, l2=1e-3),
+    "two_moons": dict(width=2, layers=20, horizon=5.0, dynamics="two_layer", hidden=16, l2=1e-3),
+    # x ↦ x² needs the lift to 2-D; width=1 shows the non-augmented limit.
+    "square": dict(samples=200, width=2, layers=20, horizon=2.0, dynamics="two_layer", hidden=16,
+                   l2=1e-4),
+    # Li, Chen, Tai & E (2018): 20 residual tanh layers of width 5.
+    "sine": dict(samples=200, width=5, layers=20, horizon=2.0, dynamics="inner", hidden=16,
+                 l2=1e-5),
+    # 1797 images: 1347 for training, the other 450 for testing.
+    "digits": dict(samples=1347, width=64, layers=10, horizon=1.0, dynamics="inner", hidden=16,
+                   l2=1e-4),
 }
 PROBLEMS = tuple(DEFAULTS)
+
+#: The per-sample loss of each problem.
+LOSSES = {
+    "ring": cn.Logistic(),
+    "spiral": cn.Logistic(),
+    "xor": cn.Logistic(),
+    "noisy_ring": cn.Logistic(),
+    "two_moons": cn.Logistic(),
+    "square": cn.SquaredError(1),
+    "sine": cn.SquaredError(1),
+    "digits": cn.SoftmaxCrossEntropy(10),
+}
 
 
 def _dynamics(name, hidden, activation):
     if name not in cn.DYNAMICS:
         raise ValueError(f"unknown dynamics {name!r}; choose one of {sorted(cn.DYNAMICS)}")
     cls = cn.DYNAMICS[name]
-    return cls(width=hidden, activation=activation) if cls is cn.TwoLayer else cls(activation=activation)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    opts = {"activation": activation} if "activation" in fields else {}
+    if "width" in fields:  # a hidden width (TwoLayer, Hamiltonian)
+        opts["width"] = hidden
+    return cls(**opts)
+
+
+def _split(name, samples, test_samples, seed):
+    """``(x, y), test``: generated with ``seed`` and ``seed + 10000``, or a shuffle of fixed data."""
+    if name in datasets.FIXED_DATASETS:
+        x, y = datasets.FIXED_DATASETS[name]()
+        n = len(x)
+        if not 1 <= samples < n:
+            raise ValueError(f"{name} has {n} samples; ask for between 1 and {n - 1} training samples")
+        n_test = n - samples if test_samples is None else test_samples
+        if n_test > n - samples:
+            raise ValueError(
+                f"{name} has {n} samples: {samples} for training leave {n - samples} for testing, "
+                f"not {n_test}; lower samples or test_samples"
+            )
+        perm = np.random.default_rng(seed).permutation(n)
+        train, held = perm[:samples], perm[samples : samples + n_test]
+        return (x[train], y[train]), ((x[held], y[held]) if n_test else None)
+    generate = datasets.DATASETS[name]
+    n_test = samples if test_samples is None else test_samples
+    test = generate(n_test, seed=seed + 10_000) if n_test else None
+    return generate(samples, seed=seed), test
 
 
 def make(
     name: str = "ring",
     *,
-    samples: int = 500,
+    samples: int | None = None,
     test_samples: int | None = None,
     seed: int = 0,
     width: int | None = None,
@@ -58,23 +116,25 @@ def make(
     tracking: float = 0.0,
     readout_l2: float = 1e-3,
 ) -> Task:
-    """The problem ``name`` (one of :data:`PROBLEMS`); ``None`` options take :data:`DEFAULTS`."""
+    """The problem ``name`` (one of :data:`PROBLEMS`); ``None`` options take :data:`DEFAULTS`.
+
+    ``samples`` defaults to 500 (digits: 1347 of 1797); ``test_samples`` to as many as
+    ``samples`` for synthetic data and to the rest for digits (``0``: no test split).
+    ``integrator="no_residual"`` turns the ResNet into an MLP ``z_{k+1} = f(z_k, θ_k)``.
+    """
     if name not in DEFAULTS:
         raise ValueError(f"unknown problem {name!r}; choose one of {sorted(DEFAULTS)}")
     if integrator not in cn.INTEGRATORS:
         raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(cn.INTEGRATORS)}")
-    d = DEFAULTS[name]
+    d = {"samples": 500, **DEFAULTS[name]}
     opt = lambda v, k: d[k] if v is None else v  # noqa: E731
-    generate = datasets.DATASETS[name]
-    x, y = generate(samples, seed=seed)
-    n_test = samples if test_samples is None else test_samples
-    test = generate(n_test, seed=seed + 10_000) if n_test else None
+    (x, y), test = _split(name, opt(samples, "samples"), test_samples, seed)
     problem = cn.ControlProblem(
         dynamics=_dynamics(opt(dynamics, "dynamics"), opt(hidden, "hidden"), activation),
         integrator=cn.INTEGRATORS[integrator](),
         N=opt(layers, "layers"),
         width=opt(width, "width"),
-        loss=cn.Logistic(),
+        loss=LOSSES[name],
         x=x,
         y=y,
         T=opt(horizon, "horizon"),
