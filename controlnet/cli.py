@@ -249,8 +249,146 @@ def _save_fig(fig, path: Path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
+# -- turnpike: the depth-versus-turnpike study ---------------------------------------------------
+def _turnpike_parser(sub):
+    p = sub.add_parser("turnpike", help="sweep the horizon T (or N) and measure error, ‖θ(t)‖ and the turnpike",
+                       description="The depth-versus-turnpike study: train the problem for every horizon T at a "
+                                   "fixed step h (N = T/h layers) or, with --fixed-T, every N at a fixed T; "
+                                   "once with the L² running cost only and once with tracking. Writes "
+                                   "OUT/summary.json and plots of the error against T and of ‖θ(t)‖ and the "
+                                   "flow speed against t/T.")
+    _add_problem_options(p)
+    p.set_defaults(tracking=1.0)
+    p.add_argument("--horizons", default="1,2,4,8,16", help="comma-separated horizons T (default: 1,2,4,8,16)")
+    p.add_argument("--step", type=_positive_float, default=0.25, help="step h; N = round(T/h) (default: 0.25)")
+    p.add_argument("--fixed-T", action="store_true",
+                   help="sweep N = round(T_j/h) at the fixed horizon --horizon (default: the largest of --horizons)")
+    p.add_argument("--loss", choices=("logistic", "squared"), default="logistic",
+                   help="logistic, or squared: ½(λ2(z) − y)² on the 0/1 labels, whose minimum is attained "
+                        "at finite states as the turnpike theorem assumes (default: logistic)")
+    p.add_argument("--solver", default="gd", help="solver name (default: gd)")
+    p.add_argument("--iters", type=_positive_int, default=2000, help="iterations per horizon (default: 2000)")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate of the optimizer (default: 0.01)")
+    p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
+    p.add_argument("--init-scale", type=_nonneg_float, default=0.1, help="scale of the random initial controls (default: 0.1)")
+    p.add_argument("--eps", type=_positive_float, default=0.1, help="band ‖θ(t)‖ ≤ ε (and flow speed ≤ ε) (default: 0.1)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(handler=_turnpike)
+
+
+def _parse_horizons(text: str) -> list[float]:
+    try:
+        hs = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--horizons must be comma-separated numbers, got {text!r}") from None
+    if not hs or any(not (0 < T < float("inf")) for T in hs):
+        raise UsageError(f"--horizons must be positive numbers, got {text!r}")
+    return sorted(hs)
+
+
+def _turnpike_factory(args):
+    """``factory(T, N, tracking)`` for the depth study, from the problem options."""
+    import dataclasses
+
+    import numpy as np
+
+    import controlnet as cn
+    import problems
+
+    def factory(T, N, tracking):
+        p = problems.make(
+            args.problem, samples=args.samples, seed=args.seed, width=args.width, layers=N,
+            horizon=T, dynamics=args.dynamics, hidden=args.hidden, activation=args.activation,
+            integrator=args.integrator, l2=args.l2, l1=args.l1, smoothness=args.smoothness,
+            tracking=tracking, test_samples=0,
+        ).problem
+        if args.loss == "squared":
+            p = dataclasses.replace(p, loss=cn.SquaredError(1), y=np.asarray(p.y, float)[:, None])
+        return p
+
+    return factory
+
+
+def _finite_or_none(v):
+    import math
+
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite_or_none(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite_or_none(x) for x in v]
+    return v
+
+
+def _turnpike(args):
+    from solvers.depth_study import depth_vs_turnpike
+
+    _check_out(args.out)
+    if args.layers is not None:
+        raise UsageError("turnpike sets N from --horizons and --step; drop --layers")
+    horizons = _parse_horizons(args.horizons)
+    fixed_T = (args.horizon or max(horizons)) if args.fixed_T else None
+    if args.horizon is not None and not args.fixed_T:
+        raise UsageError("--horizon is the fixed T of --fixed-T; without it the horizons come from --horizons")
+    factory = _turnpike_factory(args)
+    factory(horizons[0], 1, 0.0)  # bad problem options fail here, before any training
+    solver = _solver_from_args(args)
+
+    def report(run):
+        print(f"  T={run['T']:g} N={run['N']}: error {run['training_error']:.3g}, ‖θ‖_L2 {run['theta_l2']:.3g}, "
+              f"μ {run['mu']:.3g}, band {run['band_fraction']:.2f} ({run['wall_time']:.1f} s)", file=sys.stderr)
+
+    summary = depth_vs_turnpike(factory, solver, horizons, tracking=args.tracking, step=args.step,
+                                fixed_T=fixed_T, max_iters=args.iters, seed=args.seed,
+                                init_scale=args.init_scale, eps=args.eps, callback=report)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+              if k not in ("command", "handler") and not callable(v)}
+    summary = _finite_or_none({"config": config, **summary})
+    args.out.mkdir(parents=True, exist_ok=True)
+    from controlnet.io import atomic_write
+
+    text = json.dumps(summary, indent=1).encode()
+    atomic_write(args.out / "summary.json", lambda f: f.write(text))
+    names = _save_turnpike_pictures(args.out, summary)
+    for name in ("l2", "tracking"):
+        if name in summary:
+            s = summary[name]
+            print(json.dumps({"cost": name, f"slope_vs_{s['slope_against']}": s["slope"],
+                              "mu": [r["mu"] for r in s["runs"]],
+                              "band_fraction": [r["band_fraction"] for r in s["runs"]]}))
+    print(f"wrote {args.out}/summary.json, " + ", ".join(names))
+    return 0
+
+
+def _save_turnpike_pictures(out: Path, summary: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from controlnet import plotting
+
+    names = []
+    sweeps = {k: summary[k] for k in ("l2", "tracking") if k in summary}
+    against = next(iter(sweeps.values()))["slope_against"]
+    series = {("L² only" if k == "l2" else f"tracking γ={s['tracking']:g}"):
+              ([r[against] for r in s["runs"]], [r["training_error"] for r in s["runs"]])
+              for k, s in sweeps.items()}
+    _save_fig(plotting.plot_error_vs_horizon(series, xlabel="horizon T" if against == "T" else "layers N"),
+              out / "error.png")
+    names.append("error.png")
+    for k, s in sweeps.items():
+        for key in ("theta_norm", "speed"):
+            fig = plotting.plot_turnpike(s["runs"], key, eps=s["eps"],
+                                         title=f"{'L² only' if k == 'l2' else 'with tracking'}")
+            _save_fig(fig, out / f"{key}_{k}.png")
+            names.append(f"{key}_{k}.png")
+    plt.close("all")
+    return names
+
 # -- entry point --------------------------------------------------------------------------------
-SUBCOMMANDS = [_train_parser]
+SUBCOMMANDS = [_train_parser, _turnpike_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

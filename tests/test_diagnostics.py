@@ -314,3 +314,41 @@ def test_landscape_of_a_pure_l2_cost_is_the_quadratic_it_must_be():
     A, B = np.meshgrid(a, b, indexing="ij")
     expected = J0 + problem.h * alpha / 2 * (n2 * (1 + A**2 + B**2) + 2 * A * p1 + 2 * B * p2)
     np.testing.assert_allclose(grid, expected, rtol=1e-12)
+
+
+# -- pictures ----------------------------------------------------------------------------------
+def test_flow_grid_picture_moves_the_grid_by_the_flow():
+    # ż = a z with Euler: the grid at layer k is the input grid scaled by (1 + ha)^k.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from controlnet import plotting
+
+    a, N, T = 0.5, 4, 2.0
+    problem, c = linear_problem(a * np.eye(2), N=N, T=T)
+    fig = plotting.plot_flow_grid(problem, c, layers=[0, 2, 4], lines=3, points=5)
+    axes = fig.axes
+    base = np.concatenate([np.stack(line.get_data(), 1) for line in axes[0].lines])
+    for ax, k in zip(axes[1:], [2, 4]):
+        moved = np.concatenate([np.stack(line.get_data(), 1) for line in ax.lines])
+        np.testing.assert_allclose(moved, (1 + T / N * a) ** k * base, rtol=1e-12)
+    plt.close(fig)
+
+
+def test_eigenvalue_picture_shows_h_lambda():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from controlnet import plotting
+
+    problem, c = linear_problem(np.array([[-1.0, 2.0], [0.0, -3.0]]), N=3, T=1.5)
+    lam = dg.jacobian_eigenvalues(problem, c.theta)
+    fig = plotting.plot_eigenvalues(lam, problem.h)
+    pts = fig.axes[0].collections[-1].get_offsets()
+    hl = problem.h * np.asarray(lam).reshape(-1)
+    np.testing.assert_allclose(np.sort(pts[:, 0]), np.sort(hl.real), atol=1e-12)
+    plt.close(fig)
