@@ -69,7 +69,11 @@ BAD_ARGS = {
     "out is a file": (["--out", "{f}"], "exists and is not a directory"),
     "resume from nothing": (["--resume", "{d}/nothing"], "no checkpoint at"),
     "resume from a file": (["--resume", "{f}"], "is not a directory"),
+    "checkpoints of a one-solve solver": (["--out", "{d}", "--solver", "direct", "--checkpoint-every", "5"],
+                                          "--solver direct is one solve with no state to checkpoint"),
 }
+if "direct" not in __import__("solvers").SOLVERS:
+    del BAD_ARGS["checkpoints of a one-solve solver"]
 
 
 @pytest.mark.parametrize("case", list(BAD_ARGS))
