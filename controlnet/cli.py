@@ -159,9 +159,6 @@ def _train_config(args) -> dict:
 def _check_resume(args) -> Path:
     from controlnet.io import checkpoint_info
 
-    if args.resume.exists() and not args.resume.is_dir():
-        raise UsageError(f"--resume {args.resume} is not a directory; pass the --out directory "
-                         "of the run to continue")
     path = args.resume / "checkpoint.npz"
     saved = checkpoint_info(path).get("cli")
     if saved is not None:
@@ -184,6 +181,9 @@ def _train(args):
 
     if args.out is None and args.resume is None:
         raise UsageError("train needs --out DIR (or --resume DIR to continue a run there)")
+    if args.resume is not None and args.resume.exists() and not args.resume.is_dir():
+        raise UsageError(f"--resume {args.resume} is not a directory; pass the --out directory "
+                         "of the run to continue")
     out = args.out if args.out is not None else args.resume
     _check_out(out)
     solver = _solver_from_args(args)
