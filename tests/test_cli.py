@@ -68,7 +68,7 @@ BAD_ARGS = {
     "zero checkpoint period": (["--out", "{d}", "--checkpoint-every", "0"], "argument --checkpoint-every"),
     "out is a file": (["--out", "{f}"], "exists and is not a directory"),
     "resume from nothing": (["--resume", "{d}/nothing"], "no checkpoint at"),
-    "resume from a file": (["--resume", "{f}"], "is not a directory"),
+    "resume from a file": (["--resume", "{f}"], "--resume {f} is not a directory"),
     "checkpoints of a one-solve solver": (["--out", "{d}", "--solver", "direct", "--checkpoint-every", "5"],
                                           "--solver direct is one solve with no state to checkpoint"),
 }
@@ -83,7 +83,7 @@ def test_bad_arguments_one_line_exit_2(case, tmp_path, capsys):
     fill = lambda a: a.format(d=tmp_path, f=tmp_path / "file")  # noqa: E731
     argv = [] if extra is None else [extra] if isinstance(extra, str) else TINY + [fill(a) for a in extra]
     code, out, err = run(argv, capsys)
-    assert_one_line_error(code, err, fragment)
+    assert_one_line_error(code, err, fill(fragment))
     assert not (tmp_path / "result.json").exists()
 
 
