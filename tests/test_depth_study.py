@@ -179,3 +179,23 @@ def test_regularization_sweep_trains_on_train_and_scores_on_test():
         ds.regularization_sweep(base, RidgeOracle(), weights, (x, y, x_test, y_test), kind="l3")
     with pytest.raises(ValueError, match="x_test"):
         ds.regularization_sweep(base, RidgeOracle(), weights, (x, y))
+
+
+def test_cli_turnpike_writes_the_sweep_it_was_asked_for(tmp_path):
+    import json
+
+    from controlnet.cli import main
+
+    out = tmp_path / "tp"
+    code = main(["turnpike", "--problem", "ring", "--samples", "20", "--horizons", "0.5,1", "--step", "0.25",
+                 "--fixed-T", "--horizon", "2", "--tracking", "0", "--iters", "2", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"config", "l2"}
+    s = summary["l2"]
+    assert s["mode"] == "fixed_T" and s["slope_against"] == "N"
+    assert [(r["T"], r["N"]) for r in s["runs"]] == [(2.0, 2), (2.0, 4)]
+    for r in s["runs"]:
+        assert len(r["theta_norm"]) == r["N"] and len(r["risk"]) == r["N"] + 1
+    assert (out / "error.png").is_file() and (out / "theta_norm_l2.png").is_file()
+    assert main(["turnpike", "--out", str(out), "--layers", "3"]) == 2
