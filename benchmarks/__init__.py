@@ -1,0 +1,1 @@
+"""Benchmarks: timings side by side and scaling curves (``make bench``)."""

@@ -1,0 +1,460 @@
+"""One Adam step of the reference problem, timed side by side against the peers in one run.
+
+Reference problem (``REFERENCE``): the ring, lifted to width 3, 1,000 points, 50 layers,
+``T = 5``, ``f(z, θ) = tanh(W z + b)``, forward Euler, L² weight ``1e-3`` on ``θ`` (``h Σ_k ½α‖θ_k‖²``)
+and ``1e-3`` on the read-out, logistic loss, Adam with learning rate ``1e-2``, float32. Every
+contender computes the same ``J`` (checked: their initial losses agree) and takes the same step:
+
+- ``controlnet``: ``solvers.GradientDescent`` (adjoint gradient), the step exactly as
+  ``solvers.solve`` compiles and runs it;
+- ``controlnet (autodiff)``: the same with ``gradient="autodiff"``;
+- ``jax scan (S,d)``: a minimal hand-written ``lax.scan`` + ``jax.value_and_grad`` + optax Adam,
+  states sample-major ``z @ W.T``, as one usually writes it;
+- ``jax scan (d,S)``: the same, states feature-major ``W @ z`` (the layout question);
+- ``diffrax``: ``diffeqsolve`` with fixed-step ``Euler`` (``dt0 = h``), the piecewise-constant
+  control looked up by step index, an equinox module, ``eqx.filter_value_and_grad``;
+- ``pytorch``: a plain Python loop over layers, ``torch.optim.Adam``;
+- ``torchdiffeq``: ``odeint(method="euler", step_size=h)``, and ``odeint_adjoint`` (its
+  continuous adjoint, also Euler).
+
+Protocol: compile (or first step) timed separately; then ``rounds`` rounds, each running
+``per_round`` steps of every contender in turn (interleaved, so load on the shared machine hits
+all alike); the median per-step time is reported, with ratios ``t_peer / t_controlnet``
+(> 1: controlnet is faster). Results go to ``benchmarks/results.json`` (key ``"peers"``), with
+the E-MSA (``benchmarks/msa_cost.py``) and direct-solver (``benchmarks/direct_reference.py``)
+numbers when those benchmarks exist.
+
+    python -m benchmarks.peers [--rounds 30] [--per-round 10] [--skip-others]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).with_name("results.json")
+TORCH_THREADS = 1
+REFERENCE = dict(samples=1000, width=3, layers=50, horizon=5.0, l2=1e-3, readout_l2=1e-3, lr=1e-2)
+
+
+def reference_task():
+    """The reference problem as a ``problems.Task`` (no test split)."""
+    import problems
+
+    r = REFERENCE
+    return problems.make("ring", samples=r["samples"], test_samples=0, width=r["width"],
+                         layers=r["layers"], horizon=r["horizon"], l2=r["l2"],
+                         readout_l2=r["readout_l2"])
+
+
+def initial_arrays(problem, seed=0):
+    """The controlnet initial controls as numpy arrays ``W (N,d,d), b (N,d), A (1,d), c (1,)``,
+    so every contender starts from the same point."""
+    import jax
+
+    c = problem.init_controls(jax.random.PRNGKey(seed))
+    return {k: np.asarray(v, np.float32) for k, v in
+            dict(W=c.theta["W"], b=c.theta["b"], A=c.w["A"], c=c.w["c"]).items()}
+
+
+# -- contenders: each returns (step() -> loss-like, compile_seconds, initial J) ---------------
+
+def _block(x):
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def controlnet_gd(problem, gradient="adjoint"):
+    import jax
+    import optax
+
+    import solvers
+    from solvers.driver import _compiled_step
+
+    gd = solvers.GradientDescent(optax.adam(REFERENCE["lr"]), gradient=gradient)
+    c0 = problem.init_controls(jax.random.PRNGKey(0))
+    state = [gd.init(problem, c0, key=jax.random.PRNGKey(0))]
+    t0 = time.perf_counter()
+    step = _compiled_step(gd).lower(problem, state[0]).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run():
+        new, info, finite = step(problem, state[0])
+        state[0] = new
+        return _block(info["loss"])
+
+    return run, compile_s
+
+
+def _hand_loss(feature_major, h, l2, rl2):
+    import jax
+    import jax.numpy as jnp
+
+    def loss(params, x, y):
+        W, b, A, c = params
+        if feature_major:  # x: (d, S)
+            layer = lambda z, th: (z + h * jnp.tanh(th[0] @ z + th[1][:, None]), None)  # noqa: E731
+        else:  # x: (S, d)
+            layer = lambda z, th: (z + h * jnp.tanh(z @ th[0].T + th[1]), None)  # noqa: E731
+        zN, _ = jax.lax.scan(layer, x, (W, b))
+        s = (A @ zN)[0] + c[0] if feature_major else (zN @ A.T)[:, 0] + c[0]
+        data = jnp.mean(jax.nn.softplus(s) - y * s)
+        return (data + h * 0.5 * l2 * (jnp.sum(W**2) + jnp.sum(b**2))
+                + 0.5 * rl2 * (jnp.sum(A**2) + jnp.sum(c**2)))
+
+    return loss
+
+
+def jax_scan(problem, arrays, feature_major):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    h = REFERENCE["horizon"] / REFERENCE["layers"]
+    loss = _hand_loss(feature_major, h, REFERENCE["l2"], REFERENCE["readout_l2"])
+    opt = optax.adam(REFERENCE["lr"])
+    x = jnp.asarray(np.asarray(problem.z0()))
+    x = x.T if feature_major else x
+    y = jnp.asarray(np.asarray(problem.y), jnp.float32)
+    params = tuple(jnp.asarray(arrays[k]) for k in "WbAc")
+
+    @jax.jit
+    def step(params, opt_state):
+        J, g = jax.value_and_grad(loss)(params, x, y)
+        updates, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, J
+
+    state = [params, opt.init(params)]
+    t0 = time.perf_counter()
+    step = step.lower(*state).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run():
+        state[0], state[1], J = step(*state)
+        return _block(J)
+
+    return run, compile_s
+
+
+def diffrax_euler(problem, arrays):
+    import diffrax
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    r = REFERENCE
+    N, T = r["layers"], r["horizon"]
+    h = T / N
+
+    class Net(eqx.Module):
+        W: jax.Array
+        b: jax.Array
+        A: jax.Array
+        c: jax.Array
+
+        def field(self, t, z, args):
+            k = jnp.clip(jnp.round(t / h).astype(jnp.int32), 0, N - 1)  # control piecewise constant
+            return jnp.tanh(z @ self.W[k].T + self.b[k])
+
+        def __call__(self, z0):
+            sol = diffrax.diffeqsolve(diffrax.ODETerm(self.field), diffrax.Euler(), t0=0.0, t1=T,
+                                      dt0=h, y0=z0, max_steps=N + 1,
+                                      saveat=diffrax.SaveAt(t1=True))
+            return sol.ys[-1] @ self.A.T + self.c
+
+    def loss(net, x, y):
+        s = net(x)[:, 0]
+        data = jnp.mean(jax.nn.softplus(s) - y * s)
+        return (data + h * 0.5 * r["l2"] * (jnp.sum(net.W**2) + jnp.sum(net.b**2))
+                + 0.5 * r["readout_l2"] * (jnp.sum(net.A**2) + jnp.sum(net.c**2)))
+
+    net = Net(*(jnp.asarray(arrays[k]) for k in "WbAc"))
+    x = jnp.asarray(np.asarray(problem.z0()))
+    y = jnp.asarray(np.asarray(problem.y), jnp.float32)
+    opt = optax.adam(r["lr"])
+
+    @eqx.filter_jit
+    def step(net, opt_state):
+        J, g = eqx.filter_value_and_grad(loss)(net, x, y)
+        updates, opt_state = opt.update(g, opt_state, net)
+        return eqx.apply_updates(net, updates), opt_state, J
+
+    state = [net, opt.init(eqx.filter(net, eqx.is_array))]
+    t0 = time.perf_counter()
+    _block(step(*state))  # equinox compiles on the first call
+    compile_s = time.perf_counter() - t0
+
+    def run():
+        state[0], state[1], J = step(*state)
+        return _block(J)
+
+    return run, compile_s
+
+
+def _torch_setup(problem, arrays):
+    import torch
+
+    # One thread: for a problem this small more threads only add contention (measured: with 2
+    # threads on the shared 2-core machine a step took ~18x longer than with 1).
+    torch.set_num_threads(TORCH_THREADS)
+
+    x = torch.tensor(np.asarray(problem.z0()), dtype=torch.float32)
+    y = torch.tensor(np.asarray(problem.y), dtype=torch.float32)
+    params = {k: torch.tensor(arrays[k], requires_grad=True) for k in "WbAc"}
+    return torch, x, y, params
+
+
+def _torch_loss(torch, zN, y, params, h):
+    r = REFERENCE
+    s = (zN @ params["A"].T)[:, 0] + params["c"][0]
+    data = torch.mean(torch.nn.functional.softplus(s) - y * s)
+    return (data + h * 0.5 * r["l2"] * (params["W"].pow(2).sum() + params["b"].pow(2).sum())
+            + 0.5 * r["readout_l2"] * (params["A"].pow(2).sum() + params["c"].pow(2).sum()))
+
+
+def pytorch_loop(problem, arrays):
+    torch, x, y, params = _torch_setup(problem, arrays)
+    N = REFERENCE["layers"]
+    h = REFERENCE["horizon"] / N
+    opt = torch.optim.Adam(params.values(), lr=REFERENCE["lr"])
+    W, b = params["W"], params["b"]
+
+    def run():
+        opt.zero_grad()
+        z = x
+        for k in range(N):
+            z = z + h * torch.tanh(z @ W[k].T + b[k])
+        J = _torch_loss(torch, z, y, params, h)
+        J.backward()
+        opt.step()
+        return J.item()
+
+    t0 = time.perf_counter()
+    J0 = run()
+    return run, time.perf_counter() - t0, J0
+
+
+def torchdiffeq_euler(problem, arrays, adjoint):
+    import torchdiffeq
+
+    torch, x, y, params = _torch_setup(problem, arrays)
+    N, T = REFERENCE["layers"], REFERENCE["horizon"]
+    h = T / N
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = torch.nn.Parameter(params["W"].detach().clone())
+            self.b = torch.nn.Parameter(params["b"].detach().clone())
+
+        def forward(self, t, z):
+            k = min(max(int(round(float(t) / h)), 0), N - 1)  # control piecewise constant
+            return torch.tanh(z @ self.W[k].T + self.b[k])
+
+    field = Field()
+    params["W"], params["b"] = field.W, field.b
+    opt = torch.optim.Adam(params.values(), lr=REFERENCE["lr"])
+    ts = torch.tensor([0.0, T])
+    solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+    extra = dict(adjoint_params=tuple(field.parameters())) if adjoint else {}
+
+    def run():
+        opt.zero_grad()
+        zN = solve(field, x, ts, method="euler", options=dict(step_size=h), **extra)[-1]
+        J = _torch_loss(torch, zN, y, params, h)
+        J.backward()
+        opt.step()
+        return J.item()
+
+    t0 = time.perf_counter()
+    J0 = run()
+    return run, time.perf_counter() - t0, J0
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+def contenders(problem, arrays, include_peers=True):
+    """``{name: thunk}``; a thunk builds the contender and returns ``(run, compile_s[, J0])``;
+    ``run()`` takes one step and returns the loss of the incoming iterate."""
+    out = {
+        "controlnet": lambda: controlnet_gd(problem),
+        "controlnet (autodiff)": lambda: controlnet_gd(problem, gradient="autodiff"),
+        "jax scan (S,d)": lambda: jax_scan(problem, arrays, feature_major=False),
+        "jax scan (d,S)": lambda: jax_scan(problem, arrays, feature_major=True),
+    }
+    if include_peers:
+        out.update({
+            "diffrax": lambda: diffrax_euler(problem, arrays),
+            "pytorch": lambda: pytorch_loop(problem, arrays),
+            "torchdiffeq (euler)": lambda: torchdiffeq_euler(problem, arrays, adjoint=False),
+            "torchdiffeq (euler, adjoint)": lambda: torchdiffeq_euler(problem, arrays, adjoint=True),
+        })
+    return out
+
+
+def time_interleaved(runs: dict, rounds: int, per_round: int) -> dict:
+    """Per-step wall times (seconds), ``rounds × per_round`` per contender, interleaved."""
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
+def run_peers(rounds=30, per_round=10, include_peers=True, log=print) -> dict:
+    import jax
+
+    task = reference_task()
+    problem = task.problem
+    arrays = initial_arrays(problem)
+    runs, compile_s, first_loss, missing = {}, {}, {}, {}
+    for name, make in contenders(problem, arrays, include_peers).items():
+        try:
+            built = make()
+        except ImportError as e:  # a peer not installed: say so, time the rest
+            missing[name] = f"not installed ({e.name}); use `make bench`"
+            log(f"  {name}: {missing[name]}")
+            continue
+        if len(built) == 3:  # eager contenders: the timed warm-up step gave J at the start
+            run, compile_s[name], first_loss[name] = built
+        else:
+            run, compile_s[name] = built
+            first_loss[name] = float(run())
+        runs[name] = run
+    times = time_interleaved(runs, rounds, per_round)
+    base = float(np.median(times["controlnet"]))
+    table = {}
+    for name, ts in times.items():
+        med = float(np.median(ts))
+        table[name] = {
+            "median_ms": 1e3 * med,
+            "p10_ms": 1e3 * float(np.percentile(ts, 10)),
+            "p90_ms": 1e3 * float(np.percentile(ts, 90)),
+            "compile_s": compile_s[name],
+            "ratio_to_controlnet": med / base,
+            "initial_loss": first_loss[name],
+            "steps_timed": len(ts),
+        }
+    ratio = lambda n: table[n]["ratio_to_controlnet"] if n in table else None  # noqa: E731
+    targets = {
+        "gd_le_1.0x_diffrax": None if ratio("diffrax") is None else ratio("diffrax") >= 1.0,
+        "gd_le_1.1x_hand_scan_(S,d)": ratio("jax scan (S,d)") >= 1 / 1.1,
+        "gd_le_1.1x_hand_scan_(d,S)": ratio("jax scan (d,S)") >= 1 / 1.1,
+        "gd_ge_10x_faster_than_torchdiffeq_euler":
+            None if ratio("torchdiffeq (euler)") is None else ratio("torchdiffeq (euler)") >= 10.0,
+    }
+    return {
+        "reference": REFERENCE,
+        "protocol": {"rounds": rounds, "per_round": per_round, "statistic": "median per step",
+                     "ratio": "t_peer / t_controlnet (> 1: controlnet faster)"},
+        "machine": _machine(),
+        "steps": table,
+        "missing": missing,
+        "targets": targets,
+        "jax_version": jax.__version__,
+    }
+
+
+def _machine():
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count()}
+    try:
+        info["loadavg_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def run_others(log=print) -> dict:
+    """The E-MSA and direct-solver benchmarks of the other modules, when they exist.
+
+    Each module is expected to expose ``run() -> dict`` (JSON-able); a missing module or
+    function is recorded as such, an error in one is recorded and does not stop this run.
+    """
+    out = {}
+    for key, module in (("msa", "benchmarks.msa_cost"), ("direct", "benchmarks.direct_reference")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            out[key] = {"status": f"{module} does not exist yet"}
+            continue
+        fn = getattr(mod, "run", None)
+        if fn is None:
+            out[key] = {"status": f"{module} has no run() function"}
+            continue
+        log(f"running {module}.run() ...")
+        try:
+            out[key] = fn()
+        except Exception as e:  # noqa: BLE001 - report, do not lose the peers' numbers
+            out[key] = {"status": f"failed: {type(e).__name__}: {e}"}
+    return out
+
+
+def merge_results(key: str, value, path: Path = RESULTS) -> None:
+    """Write ``value`` under ``key`` in ``results.json``, keeping the other benchmarks' entries."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+def print_table(res: dict, out=sys.stdout) -> None:
+    steps = res["steps"]
+    print(f"\nOne Adam step, reference problem ({REFERENCE['samples']} points, width "
+          f"{REFERENCE['width']}, {REFERENCE['layers']} layers), median of "
+          f"{res['protocol']['rounds'] * res['protocol']['per_round']} interleaved steps:", file=out)
+    print(f"{'contender':32s} {'median ms':>10s} {'p10 ms':>8s} {'p90 ms':>8s} {'compile s':>10s}"
+          f" {'x controlnet':>13s} {'J0':>9s}", file=out)
+    for name, r in steps.items():
+        print(f"{name:32s} {r['median_ms']:10.3f} {r['p10_ms']:8.3f} {r['p90_ms']:8.3f} "
+              f"{r['compile_s']:10.2f} {r['ratio_to_controlnet']:13.2f} "
+              f"{r['initial_loss']:9.5f}", file=out)
+    for name, why in res["missing"].items():
+        print(f"{name:32s} {why}", file=out)
+    print("targets:", json.dumps(res["targets"]), file=out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--per-round", type=int, default=10)
+    ap.add_argument("--no-peers", action="store_true", help="only the JAX contenders")
+    ap.add_argument("--skip-others", action="store_true", help="do not run the MSA/direct benchmarks")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--torch-threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    global TORCH_THREADS
+    TORCH_THREADS = a.torch_threads
+    res = run_peers(a.rounds, a.per_round, include_peers=not a.no_peers)
+    print_table(res)
+    merge_results("peers", res, a.out)
+    if not a.skip_others:
+        for key, value in run_others().items():
+            merge_results(key, value, a.out)
+            print(f"{key}: {json.dumps(value, default=float)[:800]}")
+    print(f"written to {a.out}")
+
+
+if __name__ == "__main__":
+    main()
