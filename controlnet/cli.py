@@ -274,6 +274,9 @@ def _turnpike_parser(sub):
     p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
     p.add_argument("--init-scale", type=_nonneg_float, default=0.1, help="scale of the random initial controls (default: 0.1)")
     p.add_argument("--eps", type=_positive_float, default=0.1, help="band ‖θ(t)‖ ≤ ε (and flow speed ≤ ε) (default: 0.1)")
+    p.add_argument("--warm-start", choices=("none", "tracking", "both"), default="none",
+                   help="start each horizon from the previous solution, its new layers at θ = 0 "
+                        "(continuation in T): for no sweep, the tracking sweep only, or both (default: none)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(handler=_turnpike)
 
@@ -324,7 +327,7 @@ def _finite_or_none(v):
 
 
 def _turnpike(args):
-    from solvers.depth_study import depth_vs_turnpike
+    from solvers.depth_study import depth_study, depth_vs_turnpike
 
     _check_out(args.out)
     if args.layers is not None:
@@ -349,9 +352,15 @@ def _turnpike(args):
         print(f"  T={run['T']:g} N={run['N']}: error {run['training_error']:.3g}, ‖θ‖_L2 {run['theta_l2']:.3g}, "
               f"μ {run['mu']:.3g}, band {run['band_fraction']:.2f} ({run['wall_time']:.1f} s)", file=sys.stderr)
 
-    summary = depth_vs_turnpike(factory, solver, horizons, tracking=args.tracking, step=args.step,
-                                fixed_T=fixed_T, max_iters=args.iters, seed=args.seed,
-                                init_scale=args.init_scale, eps=args.eps, callback=report)
+    options = dict(step=args.step, fixed_T=fixed_T, max_iters=args.iters, seed=args.seed,
+                   init_scale=args.init_scale, eps=args.eps, callback=report)
+    if args.warm_start == "tracking" and args.tracking > 0:
+        summary = {"l2": depth_study(factory, solver, horizons, tracking=0.0, **options),
+                   "tracking": depth_study(factory, solver, horizons, tracking=args.tracking,
+                                           warm_start=True, **options)}
+    else:
+        summary = depth_vs_turnpike(factory, solver, horizons, tracking=args.tracking,
+                                    warm_start=args.warm_start == "both", **options)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
               if k not in ("command", "handler") and not callable(v)}
     summary = _finite_or_none({"config": config, **summary})

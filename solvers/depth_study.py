@@ -34,7 +34,7 @@ from controlnet import diagnostics as dg
 
 from .driver import solve
 
-__all__ = ["horizon_grid", "train_and_measure", "depth_study", "depth_vs_turnpike",
+__all__ = ["horizon_grid", "warm_start_controls", "train_and_measure", "depth_study", "depth_vs_turnpike",
            "loglog_slope", "regularization_sweep"]
 
 Factory = Callable[[float, int, float], cn.ControlProblem]
@@ -73,15 +73,38 @@ def _fit(t, v, T, amplitudes="equal"):
     return {"mu": f.mu, "C0": f.C0, "CT": f.CT, "r2": f.r2}
 
 
-def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
-                      init_scale: float = 0.1, eps: float = 0.1, test=None) -> dict:
-    """Train ``problem`` from random controls (``init_scale``) and measure the trained controls.
+def warm_start_controls(controls: cn.Controls, N: int, mode: str = "fixed_h") -> cn.Controls:
+    """Controls of a shorter sweep entry as the start of the next one with ``N`` layers.
 
-    Returns JSON-able numbers (``training_error`` is the data loss at the last layer) and the
-    per-layer curves ``theta_norm``, ``speed`` (per interval, midpoints ``t``) and ``risk``
-    (per node).
+    ``fixed_h`` (same step, longer horizon): the layers are kept and the new ones get ``θ = 0``,
+    the steady control of the built-in fields, so the old trajectory is followed and then held
+    (continuation in ``T``, the turnpike's own picture). ``fixed_T`` (same horizon, finer grid):
+    ``θ(t)`` is kept as a piecewise-constant function, ``θ_new[k] = θ_old[⌊k N_old / N⌋]``.
     """
-    controls = problem.init_controls(jax.random.PRNGKey(seed), scale=init_scale)
+    N_old = jax.tree_util.tree_leaves(controls.theta)[0].shape[0]
+    if mode == "fixed_h":
+        if N < N_old:
+            raise ValueError(f"cannot extend {N_old} layers to fewer ({N}); sort the horizons")
+        pad = lambda a: jax.numpy.concatenate([a, jax.numpy.zeros((N - N_old,) + a.shape[1:], a.dtype)])  # noqa: E731
+        return cn.Controls(jax.tree_util.tree_map(pad, controls.theta), controls.w)
+    if mode == "fixed_T":
+        idx = (np.arange(N) * N_old) // N
+        return cn.Controls(jax.tree_util.tree_map(lambda a: a[idx], controls.theta), controls.w)
+    raise ValueError(f"mode must be 'fixed_h' or 'fixed_T', got {mode!r}")
+
+
+def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
+                      init_scale: float = 0.1, eps: float = 0.1, test=None, controls=None) -> dict:
+    """Train ``problem`` from ``controls`` (default: random, ``init_scale``) and measure the
+    trained controls.
+
+    Returns JSON-able numbers (``training_error`` is the data loss at the last layer), the
+    per-layer curves ``theta_norm``, ``speed`` (per interval, midpoints ``t``) and ``risk``
+    (per node), and under ``"controls"`` the trained controls themselves (not JSON-able; the
+    study drops them).
+    """
+    if controls is None:
+        controls = problem.init_controls(jax.random.PRNGKey(seed), scale=init_scale)
     result = solve(solver, problem, controls, max_iters=max_iters, seed=seed, test=test, progress=False)
     c = result.controls
     prof = {k: np.asarray(v, float) for k, v in jax.jit(dg.turnpike_profile)(problem, c).items()}
@@ -114,32 +137,45 @@ def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
     for k in ("test_loss", "test_accuracy"):
         if k in info:
             out[k] = info[k]
+    out["controls"] = c
     return out
 
 
 def depth_study(factory: Factory, solver, horizons: Sequence[float], *, step: float = 0.25,
                 fixed_T: float | None = None, tracking: float = 0.0, max_iters: int = 1000,
-                seed: int = 0, init_scale: float = 0.1, eps: float = 0.1, callback=None) -> dict:
+                seed: int = 0, init_scale: float = 0.1, eps: float = 0.1, warm_start: bool = False,
+                callback=None) -> dict:
     """One sweep (module doc) for one tracking weight; ``callback(run)`` after each horizon.
+
+    With ``warm_start`` the horizons run in increasing order and each starts from the previous
+    solution (:func:`warm_start_controls`) instead of random controls; the first is random.
 
     Returns ``{"mode", "step", "tracking", "eps", "runs": [...], "slope", "slope_against"}``
     where ``slope`` is :func:`loglog_slope` of the training error against ``T`` (``fixed_h``)
     or against ``N`` (``fixed_T``).
     """
     runs = []
-    for T, N in horizon_grid(horizons, step, fixed_T):
+    grid = horizon_grid(horizons, step, fixed_T)
+    if warm_start:
+        grid = sorted(grid, key=lambda TN: TN[1])
+    mode = "fixed_T" if fixed_T is not None else "fixed_h"
+    previous = None
+    for T, N in grid:
         problem = factory(T, N, tracking)
         if not isinstance(problem, cn.ControlProblem) or problem.N != N:
             raise ValueError(f"factory(T={T}, N={N}, tracking={tracking}) must return a "
                              f"ControlProblem with N={N} layers")
+        start = warm_start_controls(previous, N, mode) if (warm_start and previous is not None) else None
         run = train_and_measure(problem, solver, max_iters=max_iters, seed=seed,
-                                init_scale=init_scale, eps=eps)
+                                init_scale=init_scale, eps=eps, controls=start)
+        previous = run.pop("controls")
+        run["warm_start"] = start is not None
         runs.append(run)
         if callback is not None:
             callback(run)
     against = "N" if fixed_T is not None else "T"
     return {
-        "mode": "fixed_T" if fixed_T is not None else "fixed_h",
+        "mode": mode, "warm_start": bool(warm_start),
         "step": float(step), "fixed_T": fixed_T, "tracking": float(tracking), "eps": eps,
         "runs": runs,
         "slope": loglog_slope([r[against] for r in runs], [r["training_error"] for r in runs]),

@@ -199,3 +199,45 @@ def test_cli_turnpike_writes_the_sweep_it_was_asked_for(tmp_path):
         assert len(r["theta_norm"]) == r["N"] and len(r["risk"]) == r["N"] + 1
     assert (out / "error.png").is_file() and (out / "theta_norm_l2.png").is_file()
     assert main(["turnpike", "--out", str(out), "--layers", "3"]) == 2
+
+
+def test_warm_start_extends_with_the_steady_control_and_resamples_in_time():
+    # Drift ż = u: padding with u = 0 holds the old end state; resampling a piecewise-constant
+    # u(t) on a finer grid of the same horizon keeps z(T) = ∫u dt.
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=(4, 1))
+    c = cn.Controls({"u": jnp.asarray(u)}, IDENTITY)
+    old, longer = factory(1.0, 4, 0.0), factory(2.0, 8, 0.0)
+    padded = ds.warm_start_controls(c, 8, "fixed_h")
+    zs_old = np.asarray(cn.forward(old, c.theta))
+    zs_new = np.asarray(cn.forward(longer, padded.theta))
+    np.testing.assert_allclose(zs_new[:5], zs_old, rtol=1e-14)
+    np.testing.assert_allclose(zs_new[5:], np.broadcast_to(zs_old[-1], zs_new[5:].shape), rtol=1e-14)
+    finer = ds.warm_start_controls(c, 12, "fixed_T")
+    np.testing.assert_allclose(np.asarray(finer.theta["u"])[:, 0], np.repeat(u[:, 0], 3), rtol=0)
+    zN = cn.forward(factory(1.0, 12, 0.0), finer.theta)[-1]
+    np.testing.assert_allclose(zN, zs_old[-1], rtol=1e-13)
+    with pytest.raises(ValueError, match="fewer"):
+        ds.warm_start_controls(c, 2, "fixed_h")
+
+
+def test_warm_started_sweep_starts_from_the_previous_solution():
+    # A solver that does nothing: with warm start every run returns the first run's controls
+    # padded with zeros, so all runs share the first run's end state.
+    @dataclasses.dataclass(frozen=True)
+    class Idle:
+        name: ClassVar[str] = "idle"
+
+        def init(self, problem, controls, *, key):
+            return OracleState(controls)
+
+        def step(self, problem, state):
+            return state, {"loss": cn.objective(problem, state.controls)[0]}
+
+    study = ds.depth_study(factory, Idle(), [2.0, 1.0, 4.0], step=0.5, max_iters=1, warm_start=True,
+                           init_scale=1.0)
+    runs = study["runs"]
+    assert [r["N"] for r in runs] == [2, 4, 8] and [r["warm_start"] for r in runs] == [False, True, True]
+    np.testing.assert_allclose([r["training_error"] for r in runs], runs[0]["training_error"], rtol=1e-12)
+    np.testing.assert_allclose(runs[2]["theta_norm"][:2], runs[0]["theta_norm"], rtol=1e-14)
+    assert np.all(np.asarray(runs[2]["theta_norm"][2:]) == 0)
