@@ -3,7 +3,6 @@ Ctrl-C of a running ``controlnet train`` and its resumption, damaged files refus
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
