@@ -6,8 +6,9 @@ Layout of a result directory::
     controls.npz   the controls, one array per leaf, named by its path ("theta/W", "w/A", ...)
     history.npz    one array per logged quantity, one entry per iteration
 
-Every file is written to a temporary name and renamed into place, ``result.json`` last, so a
-directory holds either the previous result or the new one, never half of one.
+Every file is written to a temporary name and renamed into place, ``result.json`` last, and
+``result.json`` records the SHA-256 of the two npz files: a save interrupted between two renames
+leaves files that do not match, and loading refuses them instead of mixing two results.
 
 A *checkpoint* is the whole solver state (controls, optimizer state, PRNG key, ...), the
 iteration count and the history so far, in ONE npz file (so one rename makes it atomic)::
@@ -23,6 +24,7 @@ checkpoint must match it leaf by leaf in path, shape and dtype, or it is refused
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -268,8 +270,10 @@ class Result:
         shapes = save_controls(d / "controls.npz", self.controls)
         hist = {k: np.asarray(v) for k, v in self.history.items()}
         atomic_write(d / "history.npz", lambda f: np.savez(f, **hist))
+        digests = {name: _sha256(d / name) for name in ("controls.npz", "history.npz")}
         meta = {"format": FORMAT, "version": VERSION, "status": self.status,
-                "controls_shapes": shapes, "history_length": _length(hist), **self.info}
+                "controls_shapes": shapes, "history_length": _length(hist), "sha256": digests,
+                **self.info}
         text = json.dumps(meta, indent=2, default=_jsonable).encode()
         atomic_write(d / "result.json", lambda f: f.write(text))
         return d
@@ -300,10 +304,18 @@ class Result:
         if _length(history) != meta.get("history_length"):
             raise ValueError(f"{d / 'history.npz'} has {_length(history)} entries, result.json "
                              f"says {meta.get('history_length')}; the result is corrupt")
+        for name, digest in (meta.get("sha256") or {}).items():
+            if _sha256(d / name) != digest:
+                raise ValueError(f"{d / name} does not match {path} (a save was interrupted or "
+                                 "the file was changed); the result is corrupt")
         status = meta.pop("status")
-        for k in ("format", "version", "controls_shapes", "history_length"):
-            meta.pop(k)
+        for k in ("format", "version", "controls_shapes", "history_length", "sha256"):
+            meta.pop(k, None)
         return cls(controls, history, status, meta)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _length(hist) -> int:

@@ -419,6 +419,7 @@ def test_result_round_trip(saved_result):
     ("foreign result.json", "is not a controlnet result"),
     ("other version", "format version 99"),
     ("short history", "says 3"),
+    ("controls of another save", "controls.npz does not match"),
 ])
 def test_damaged_result_is_refused(saved_result, tmp_path, damage, fragment):
     _, src = saved_result
@@ -432,6 +433,10 @@ def test_damaged_result_is_refused(saved_result, tmp_path, damage, fragment):
     elif damage == "other version":
         meta = json.loads((d / "result.json").read_text())
         (d / "result.json").write_text(json.dumps({**meta, "version": 99}))
+    elif damage == "controls of another save":
+        # Same shapes, other values: what a save interrupted after its first rename leaves.
+        with np.load(d / "controls.npz") as c:
+            np.savez(d / "controls.npz", **{k: c[k] + 1.0 for k in c.files})
     elif damage == "short history":
         with np.load(d / "history.npz") as h:
             np.savez(d / "history.npz", **{k: h[k][:1] for k in h.files})
