@@ -104,7 +104,8 @@ def solve(
     was finite); a non-finite gradient norm or a non-finite next iterate keeps iterate ``j``.
     Either way the status is ``"diverged"`` and ``info["diverged_at"]`` is ``j`` (``j+1`` for a
     non-finite next iterate). SIGINT (Ctrl-C) finishes the current iteration, then stops with
-    ``"interrupted"``, keeping (and checkpointing) the last completed iterate.
+    ``"interrupted"``, keeping (and checkpointing) the last completed iterate; a second SIGINT
+    raises ``KeyboardInterrupt`` at once (the periodic checkpoints stay).
     """
     if not isinstance(max_iters, (int, np.integer)) or isinstance(max_iters, bool) or max_iters < 0:
         raise ValueError(f"max_iters must be an integer >= 0, got {max_iters!r}")
@@ -200,8 +201,10 @@ def solve(
                 if max_seconds is not None and time.perf_counter() - start >= max_seconds:
                     status = "max_seconds"
                     break
-        except KeyboardInterrupt:  # a second Ctrl-C, or SIGINT outside the main thread
-            status = "interrupted"
+        except KeyboardInterrupt:
+            if stop.installed:  # a second Ctrl-C: stop everything now (e.g. a whole sweep)
+                raise
+            status = "interrupted"  # SIGINT outside the main thread: no flag, stop cleanly
         finally:
             bar.close()
         if checkpoint is not None and status != "diverged":
@@ -261,10 +264,12 @@ def _fingerprint(problem) -> dict:
 
 
 class _SigintFlag:
-    """Within the block, the first SIGINT only sets ``requested``; a second one interrupts."""
+    """Within the block, the first SIGINT only sets ``requested``; a second one raises
+    ``KeyboardInterrupt`` (the caller's way out of a loop of solves)."""
 
     def __init__(self):
         self.requested = False
+        self.installed = False
         self._old = None
 
     def _handle(self, signum, frame):
@@ -275,9 +280,10 @@ class _SigintFlag:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
+        if self.installed:
             signal.signal(signal.SIGINT, self._old)
         return False

@@ -315,6 +315,19 @@ def test_sigint_finishes_the_iteration_checkpoints_and_resumes(tmp_path):
     assert signal.getsignal(signal.SIGINT) is handler  # the driver restored the previous handler
 
 
+def test_second_sigint_raises_at_once():
+    handler = signal.getsignal(signal.SIGINT)
+
+    def interrupt_twice(it, info):
+        if it == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        solvers.solve(GD_MINIBATCH, PROBLEM, C0, max_iters=20, progress=False, callback=interrupt_twice)
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
 def test_resume_refuses_another_problem_or_solver(tmp_path):
     ck = tmp_path / "ck.npz"
     gd = GD
