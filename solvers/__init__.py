@@ -13,6 +13,11 @@ SOLVERS = {"gd": GradientDescent}
 
 SOLVERS["direct"] = Direct
 
+from .discrete import DiscreteMSA  # noqa: E402
+from .msa import MSA, ExtendedMSA  # noqa: E402
+
+SOLVERS.update({"msa": MSA, "emsa": ExtendedMSA, "discrete": DiscreteMSA})
+
 
 def make_solver(name: str, **options):
     """The solver called ``name`` with ``options``; a clear error for an unknown name."""

@@ -1,0 +1,502 @@
+"""The Method of Successive Approximations (Li, Chen, Tai & E, JMLR 2018), basic and extended.
+
+One iteration from the controls ``(θ^j, w^j)``:
+
+1. forward: states ``z^j = cn.forward(θ^j)``;
+2. backward: co-states ``p^j`` and ``∇_θ H_k`` from ``cn.backward`` (batch-summed ``H``);
+3. for every layer ``k`` at once, a few steps of an optax optimizer ascending the augmented
+   Hamiltonian from ``θ_k^j``, all of ``z, p`` from iterate ``j``:
+
+       H̃_k(θ) = H_k(z_k, p_{k+1}, θ) − C_k(θ) − (ρ/2) (1/S) Σ_i (‖r_{1,i}(θ)‖² + ‖r_{2,i}(θ)‖²)
+
+       r_{1,i}(θ) = z_{k+1,i} − Ψ_h(z_{k,i}, θ)                    (state feasibility)
+       r_{2,i}(θ) = p̃_{k,i} − ∇_{z_i} H̃ᵢ(z_{k,i}, p̃_{k+1,i}, θ)     (costate feasibility)
+
+   ``H_k = Σ_i p_i·Ψ_h(z_i, θ) − hR(θ) − hL`` is :func:`controlnet.hamiltonian` with the
+   batch-summed co-states ``p`` of ``cn.backward``; it *is* the batch average of the per-sample
+   Hamiltonians ``H̃ᵢ = p̃ᵢ·Ψ_h(zᵢ, θ)`` with per-sample co-states ``p̃ = S p``
+   (``p̃_{N,i} = −∇ℓᵢ``). The penalties are batch averages in that per-sample scale, so ``ρ``
+   does not depend on ``S``; ``1/ρ`` acts like a step size. Since ``Ψ_h(z_k, θ^j) = z_{k+1}``,
+   ``H_k(θ) = H_k(θ^j) − (1/S) Σ_i p̃_{k+1,i}·r_{1,i}(θ) − h[R(θ) − R(θ^j)]``: the whole
+   inner objective is a function of the two residuals, which is how it is computed.
+   ``ρ = 0`` is basic MSA (:class:`MSA`), ``ρ > 0`` extended MSA (:class:`ExtendedMSA`); ``ρ``
+   may be a number or a schedule ``j ↦ ρ_j``.
+
+Speed. The inner gradient ``∇_θ Σ_k H̃_k`` touches every sample of every layer at every inner
+step, and the costate residual makes it a second derivative of ``Ψ_h``. For forward Euler with
+the library's vector fields (``σ(Wz+b)``, ``Wσ(z)+b``, ``Bσ(Az+a)``) it is computed in closed
+form (formulas in :func:`_inner_grad_inner`, :func:`_inner_grad_outer`,
+:func:`_inner_grad_two_layer`), with the layers batched and the samples on the *last* axis,
+``(N, d, S)``: with states of width 3 that layout is many times faster on CPU than ``(…, S, d)``.
+Any other integrator or vector field uses ``jax.grad`` of the same objective
+(``inner_gradient="autodiff"`` forces it; tests check both agree).
+
+Couplings between layers, handled explicitly:
+
+- **H¹ smoothness** ``(β/2h) Σ_k ‖θ_{k+1} − θ_k‖²``: a Jacobi sweep. Layer ``k`` maximizes
+  ``H̃_k`` minus its share ``C_k(θ) = (β/2h)(‖θ − θ^j_{k−1}‖² + ‖θ^j_{k+1} − θ‖²)`` with both
+  neighbours frozen at iterate ``j`` (one term at the ends), whose gradient in ``θ_k`` is exactly
+  that of the coupling in ``J``; all layers then move at once.
+- **Read-out** ``w`` (a terminal parameter, no layer's control), from the states ``z^j``.
+  ``readout="newton"`` (default) first takes a Newton step on the convex
+  ``J_w(w) = Φ(z_N^j, w) + h Σ_k L(z_k^j, w)`` (Hessian of size ``(n_out (d+1))²``), safeguarded
+  by keeping the best of ``w^j`` and the step lengths 1, ½, ¼ (for a squared-error loss the full
+  step *is* the exact ridge least-squares solution), and the co-states are then computed with
+  this ``w^{j+1}`` (a Gauss-Seidel order: updating ``w`` and ``θ`` simultaneously from the same
+  co-states was measured to make ``J`` jump in the first iterations). ``readout="gradient"``
+  takes one step of ``readout_optimizer`` along ``∇_w J``, simultaneously with ``θ``.
+- **Tracking** ``h Σ_k L(z_k, w)``: independent of ``θ_k``, it enters the layer problems through
+  the co-states (``cn.backward`` puts ``−h∇_z L`` in ``p_k``) and the costate residual (the
+  target is ``p̃_k + hS∇_z L(z_k)``, the ``θ``-dependent part of ``∇_z H_k`` being
+  ``J_zΨ_h(z_k, θ)ᵀ p_{k+1}``), and the read-out problem ``J_w`` directly.
+
+With ``batch_size`` set, each iteration draws a minibatch without replacement and runs steps
+1-3 on it (states and co-states on the batch, as in the paper); the logged ``loss`` is then the
+minibatch loss.
+
+Logged every iteration, about the incoming iterate ``j``: ``loss`` (``J``), ``accuracy``,
+``grad_norm`` (``‖∇J‖`` over ``θ`` and ``w``, from the same backward pass, so at
+``(θ^j, w^{j+1})`` with the Newton read-out); about the move to
+``θ^{j+1}``: ``dH = Σ_k [H_k(θ_k^{j+1}) − H_k(θ_k^j)]`` (``z, p`` of iterate ``j``),
+``state_residual = Σ_k (1/S) Σ_i ‖r_{1,i}(θ_k^{j+1})‖²`` and ``costate_residual`` likewise with
+``r_2`` (both zero at ``θ^j``: they measure how far the update leaves the old trajectory), and
+``rho``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+import controlnet as cn
+from controlnet.activations import activation
+
+from .gd import minibatch, tree_norm
+
+__all__ = [
+    "MSA",
+    "ExtendedMSA",
+    "MSAState",
+    "LayerData",
+    "layer_data",
+    "residuals",
+    "inner_objective",
+    "inner_gradient",
+    "maximize_hamiltonians",
+    "readout_newton",
+]
+
+
+class MSAState(NamedTuple):
+    controls: cn.Controls
+    readout_state: Any
+    key: jax.Array
+    iteration: jax.Array
+    rho: jax.Array
+
+
+class LayerData(NamedTuple):
+    """Iterate ``j`` per layer, samples last: ``z, z_next, p_next, target`` of shape ``(N, d, S)``.
+
+    ``p_next = p̃_{k+1} = S p_{k+1}``, ``target = S (p_k + h∇_z L(z_k))`` (``= J_zΨ_h(z_k, θ_k^j)ᵀ
+    p̃_{k+1}``, the costate residual's target), ``theta`` = ``θ^j`` (for the Jacobi coupling).
+    """
+
+    z: Any
+    z_next: Any
+    p_next: Any
+    target: Any
+    theta: Any
+
+
+def layer_data(problem, controls, zs, ps) -> LayerData:
+    """:class:`LayerData` from the states and batch-summed co-states ``(N+1, S, d)``."""
+    S = zs.shape[1]
+    t = ps[:-1]
+    if "tracking" in problem.terms:
+        dL = jax.vmap(jax.grad(problem.tracking_cost), in_axes=(0, None))(zs[:-1], controls.w)
+        t = t + problem.h * dL
+    T = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731
+    return LayerData(T(zs[:-1]), T(zs[1:]), S * T(ps[1:]), S * T(t), controls.theta)
+
+
+def residuals(problem, data: LayerData, theta):
+    """``(r_1, r_2)`` per layer and sample, shape ``(N, d, S)`` each (module doc), by autodiff."""
+
+    def layer(z, zn, pn, t, th):
+        z = z.T
+        Psi, vjp = jax.vjp(lambda x: problem.step(x, th), z)
+        return (zn - Psi.T), (t - vjp(pn.T)[0].T)
+
+    return jax.vmap(layer)(data.z, data.z_next, data.p_next, data.target, theta)
+
+
+def _jacobi_coupling(problem, theta, theta_frozen):
+    """``C_k(θ_k)`` for every layer, shape ``(N,)``: the H¹ share with neighbours frozen at ``theta_frozen``."""
+    N = jax.tree_util.tree_leaves(theta)[0].shape[0]
+    if "smoothness" not in problem.terms or N < 2:
+        return jnp.zeros(N)
+    c = 0.0
+    for th, fr in zip(jax.tree_util.tree_leaves(theta), jax.tree_util.tree_leaves(theta_frozen)):
+        sq = lambda x: jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1)  # noqa: E731
+        left, right = sq(th[1:] - fr[:-1]), sq(fr[1:] - th[:-1])
+        c = c + jnp.concatenate([jnp.zeros(1), left]) + jnp.concatenate([right, jnp.zeros(1)])
+    return 0.5 * problem.smoothness / problem.h * c
+
+
+def _params_part(problem, data, theta):
+    """``−hR(θ_k) − C_k(θ_k)`` per layer, shape ``(N,)``: the terms of ``H̃_k`` that see no sample."""
+    run = jax.vmap(problem.running)(theta) if problem.terms & {"l2", "l1"} else 0.0
+    return -problem.h * run - _jacobi_coupling(problem, theta, data.theta)
+
+
+def _sample_part(data, r1, r2, rho):
+    """``−mean_i p̃⁺·r₁ − (ρ/2) mean_i(‖r₁‖² + ‖r₂‖²)`` per layer (residuals ``(N, d, S)``)."""
+    S = r1.shape[-1]
+    return (-jnp.sum(data.p_next * r1, (1, 2)) - 0.5 * rho * (jnp.sum(r1**2, (1, 2)) + jnp.sum(r2**2, (1, 2)))) / S
+
+
+def inner_objective(problem, data: LayerData, theta, rho):
+    """``H̃_k(θ_k) − C_k(θ_k) − H_k(θ_k^j) − hR(θ_k^j)`` per layer, shape ``(N,)`` (module doc):
+    ``−mean_i p̃⁺·r₁ − (ρ/2) mean_i(‖r₁‖²+‖r₂‖²) − hR(θ_k) − C_k(θ_k)``."""
+    r1, r2 = residuals(problem, data, theta)
+    return _sample_part(data, r1, r2, rho) + _params_part(problem, data, theta)
+
+
+def _derivatives(name):
+    """``(σ, σ', σ'')`` of the activation ``name``, elementwise (by forward mode)."""
+    s = activation(name)
+    ds = lambda a: jax.jvp(s, (a,), (jnp.ones_like(a),))[1]  # noqa: E731
+    d2s = lambda a: jax.jvp(ds, (a,), (jnp.ones_like(a),))[1]  # noqa: E731
+    return s, ds, d2s
+
+
+def _inner_grad_inner(problem, data, theta, rho):
+    """Euler, ``f = σ(Wz + b)``; per sample, with ``a = Wz + b``, ``u = σ'(a)⊙p̃⁺``:
+
+        r₁ = z⁺ − z − hσ(a),   r₂ = t − p̃⁺ − hWᵀu,
+        e = h(p̃⁺ + ρr₁)⊙σ'(a) + ρh(Wr₂)⊙σ''(a)⊙p̃⁺,
+        ∂/∂W = mean_i[e zᵀ + ρh u r₂ᵀ],   ∂/∂b = mean_i e.
+    """
+    s, ds, d2s = _derivatives(problem.dynamics.activation)
+    h, W, b = problem.h, theta["W"], theta["b"]
+    z, pn = data.z, data.p_next
+    a = jnp.einsum("ned,nds->nes", W, z) + b[..., None]
+    s1 = ds(a)
+    u = s1 * pn
+    r1 = data.z_next - z - h * s(a)
+    r2 = data.target - pn - h * jnp.einsum("ned,nes->nds", W, u)
+    e = h * (pn + rho * r1) * s1 + rho * h * jnp.einsum("ned,nds->nes", W, r2) * d2s(a) * pn
+    S = z.shape[-1]
+    gW = (jnp.einsum("nes,nds->ned", e, z) + rho * h * jnp.einsum("nes,nds->ned", u, r2)) / S
+    return _sample_part(data, r1, r2, rho), {"W": gW, "b": jnp.sum(e, -1) / S}
+
+
+def _inner_grad_outer(problem, data, theta, rho):
+    """Euler, ``f = Wσ(z) + b`` (linear in ``θ``, so ``H̃_k`` is quadratic); per sample:
+
+        r₁ = z⁺ − z − h(Wσ(z) + b),   r₂ = t − p̃⁺ − hσ'(z)⊙(Wᵀp̃⁺),
+        ∂/∂W = mean_i[h(p̃⁺ + ρr₁)σ(z)ᵀ + ρh p̃⁺(σ'(z)⊙r₂)ᵀ],   ∂/∂b = mean_i h(p̃⁺ + ρr₁).
+    """
+    s, ds, _ = _derivatives(problem.dynamics.activation)
+    h, W, b = problem.h, theta["W"], theta["b"]
+    z, pn = data.z, data.p_next
+    sz, s1 = s(z), ds(z)
+    r1 = data.z_next - z - h * (jnp.einsum("nde,nes->nds", W, sz) + b[..., None])
+    r2 = data.target - pn - h * s1 * jnp.einsum("nde,nds->nes", W, pn)
+    q = h * (pn + rho * r1)
+    S = z.shape[-1]
+    gW = (jnp.einsum("nds,nes->nde", q, sz) + rho * h * jnp.einsum("nds,nes->nde", pn, s1 * r2)) / S
+    return _sample_part(data, r1, r2, rho), {"W": gW, "b": jnp.sum(q, -1) / S}
+
+
+def _inner_grad_two_layer(problem, data, theta, rho):
+    """Euler, ``f = Bσ(Az + a)``; per sample, with ``q = Az + a``, ``v = Bᵀp̃⁺``, ``u = σ'(q)⊙v``:
+
+        r₁ = z⁺ − z − hBσ(q),   r₂ = t − p̃⁺ − hAᵀu,   g = ρh(Ar₂)⊙σ'(q),
+        e = σ'(q)⊙Bᵀ(h(p̃⁺ + ρr₁)) + ρh(Ar₂)⊙σ''(q)⊙v,
+        ∂/∂A = mean_i[e zᵀ + ρh u r₂ᵀ],   ∂/∂a = mean_i e,   ∂/∂B = mean_i[h(p̃⁺ + ρr₁)σ(q)ᵀ + p̃⁺gᵀ].
+    """
+    s, ds, d2s = _derivatives(problem.dynamics.activation)
+    h, A, a, B = problem.h, theta["A"], theta["a"], theta["B"]
+    z, pn = data.z, data.p_next
+    q = jnp.einsum("nmd,nds->nms", A, z) + a[..., None]
+    sq, s1 = s(q), ds(q)
+    v = jnp.einsum("ndm,nds->nms", B, pn)
+    u = s1 * v
+    r1 = data.z_next - z - h * jnp.einsum("ndm,nms->nds", B, sq)
+    r2 = data.target - pn - h * jnp.einsum("nmd,nms->nds", A, u)
+    c = h * (pn + rho * r1)
+    Ar2 = rho * h * jnp.einsum("nmd,nds->nms", A, r2)
+    e = s1 * jnp.einsum("ndm,nds->nms", B, c) + Ar2 * d2s(q) * v
+    S = z.shape[-1]
+    gA = (jnp.einsum("nms,nds->nmd", e, z) + rho * h * jnp.einsum("nms,nds->nmd", u, r2)) / S
+    gB = (jnp.einsum("nds,nms->ndm", c, sq) + jnp.einsum("nds,nms->ndm", pn, Ar2 * s1)) / S
+    return _sample_part(data, r1, r2, rho), {"A": gA, "a": jnp.sum(e, -1) / S, "B": gB}
+
+
+_CLOSED_FORM = {
+    (cn.Euler, cn.InnerActivation): _inner_grad_inner,
+    (cn.Euler, cn.OuterActivation): _inner_grad_outer,
+    (cn.Euler, cn.TwoLayer): _inner_grad_two_layer,
+}
+
+
+def has_closed_form(problem) -> bool:
+    """Whether :func:`inner_gradient` has a closed form for this integrator and vector field."""
+    return (type(problem.integrator), type(problem.dynamics)) in _CLOSED_FORM
+
+
+def inner_value_and_grad(problem, data: LayerData, theta, rho, method="closed_form"):
+    """``(v, g)``: :func:`inner_objective` per layer and its gradient in every ``θ_k`` (closed
+    form where available, else autodiff; the sum is separable, so ``g_k`` is layer ``k``'s own)."""
+    if method == "closed_form" and has_closed_form(problem):
+        v, g = _CLOSED_FORM[type(problem.integrator), type(problem.dynamics)](problem, data, theta, rho)
+        gp = jax.grad(lambda th: jnp.sum(_params_part(problem, data, th)))(theta)
+        return v + _params_part(problem, data, theta), jax.tree_util.tree_map(jnp.add, g, gp)
+    v = inner_objective(problem, data, theta, rho)
+    g = jax.grad(lambda th: jnp.sum(inner_objective(problem, data, th, rho)))(theta)
+    return v, g
+
+
+def inner_gradient(problem, data: LayerData, theta, rho, method="closed_form"):
+    """``∇_θ Σ_k [H̃_k(θ_k) − C_k(θ_k)]`` for all layers (see :func:`inner_value_and_grad`)."""
+    return inner_value_and_grad(problem, data, theta, rho, method)[1]
+
+
+def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, method="closed_form"):
+    """``θ^{j+1}``: ``steps`` safeguarded steps of ``optimizer`` ascending ``H̃_k − C_k`` from ``θ^j``.
+
+    The sum over layers is separable (neighbours frozen in ``C_k``), so its gradient holds every
+    layer's own gradient and an elementwise optimizer (SGD, Adam, ...) moves every layer on its
+    own, all at once. Each step ``u`` of the optimizer is scaled per layer by ``η_k`` (start 1):
+    a layer takes ``θ_k + η_k u_k`` only if its objective does not decrease; otherwise it stays
+    and ``η_k`` halves (after a success ``η_k`` grows by 1.5, up to 1). So every layer's
+    ``H̃_k − C_k`` is non-decreasing along the inner iterations, whatever the optimizer.
+    """
+    vg = lambda th: inner_value_and_grad(problem, data, th, rho, method)  # noqa: E731
+    v0, g0 = vg(data.theta)
+    eta0 = jnp.ones_like(v0)
+
+    def scale(u, eta):
+        return jax.tree_util.tree_map(lambda x: x * eta.reshape((-1,) + (1,) * (x.ndim - 1)), u)
+
+    def pick(ok, a, b):
+        return jax.tree_util.tree_map(lambda x, y: jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
+
+    def body(_, carry):
+        theta, v, g, eta, opt_state = carry
+        updates, opt_state = optimizer.update(jax.tree_util.tree_map(jnp.negative, g), opt_state, theta)
+        cand = optax.apply_updates(theta, scale(updates, eta))
+        vc, gc = vg(cand)
+        ok = vc >= v
+        eta = jnp.where(ok, jnp.minimum(1.5 * eta, 1.0), 0.5 * eta)
+        return pick(ok, cand, theta), jnp.where(ok, vc, v), pick(ok, gc, g), eta, opt_state
+
+    carry = (data.theta, v0, g0, eta0, optimizer.init(data.theta))
+    theta = jax.lax.fori_loop(0, steps, body, carry)[0]
+    return theta
+
+
+def _readout_objective(problem, zs):
+    """``J_w(w) = Φ(z_N, w) + h Σ_k L(z_k, w)`` with the states frozen."""
+
+    def J_w(w):
+        val = problem.terminal(zs[-1], w)
+        if "tracking" in problem.terms:
+            val = val + problem.h * jnp.sum(jax.vmap(lambda z: problem.tracking_cost(z, w))(zs[:-1]))
+        return val
+
+    return J_w
+
+
+def readout_newton(problem, zs, w):
+    """The best of ``w`` and ``w − t H⁻¹∇J_w``, ``t ∈ {1, ½, ¼}`` (``J_w`` in the module doc)."""
+    flat, unravel = ravel_pytree(w)
+    J_w = _readout_objective(problem, zs)
+    f = lambda v: J_w(unravel(v))  # noqa: E731
+    g = jax.grad(f)(flat)
+    H = jax.hessian(f)(flat)
+    if "readout_l2" not in problem.terms:
+        # A relative ridge of 1e-10 keeps the solve defined without α_w on separable data.
+        H = H + 1e-10 * (jnp.trace(H) / flat.size + 1e-30) * jnp.eye(flat.size, dtype=flat.dtype)
+    d = jnp.linalg.solve(H, g)
+    cands = jnp.stack([flat, flat - d, flat - 0.5 * d, flat - 0.25 * d])
+    vals = jax.vmap(f)(cands)
+    vals = jnp.where(jnp.isfinite(vals), vals, jnp.inf)
+    return unravel(cands[jnp.argmin(vals)])
+
+
+def _check(s):
+    if not isinstance(s.inner_steps, int) or isinstance(s.inner_steps, bool) or s.inner_steps < 1:
+        raise ValueError(f"inner_steps must be a positive integer, got {s.inner_steps!r}")
+    if not float(s.inner_lr) > 0:
+        raise ValueError(f"inner_lr must be positive, got {s.inner_lr!r}")
+    if s.inner_optimizer is not None and not isinstance(s.inner_optimizer, optax.GradientTransformation):
+        raise TypeError("inner_optimizer must be an optax.GradientTransformation (e.g. optax.adam(0.02)) or None")
+    if s.inner_gradient not in ("closed_form", "autodiff"):
+        raise ValueError(f"inner_gradient must be 'closed_form' or 'autodiff', got {s.inner_gradient!r}")
+    if s.readout not in ("newton", "gradient"):
+        raise ValueError(f"readout must be 'newton' or 'gradient', got {s.readout!r}")
+    if s.readout_optimizer is None:
+        object.__setattr__(s, "readout_optimizer", optax.adam(1e-2))
+    if s.batch_size is not None and (not isinstance(s.batch_size, int) or s.batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {s.batch_size!r}")
+
+
+def _init(s, problem, controls, key, rho0):
+    ro = s.readout_optimizer.init(controls.w) if s.readout == "gradient" else ()
+    dtype = jnp.result_type(float)
+    return MSAState(controls, ro, key, jnp.zeros((), jnp.int32), jnp.asarray(rho0, dtype))
+
+
+def _step(s, problem, state, rho, optimizer, adapt=None):
+    """One MSA iteration (module doc) with penalty ``rho``; ``adapt = (up, down, rho_min)`` or None."""
+    key, sub = jax.random.split(state.key)
+    batch = minibatch(problem, sub, s.batch_size)
+    c0 = state.controls
+    zs = cn.forward(batch, c0.theta)
+    m = cn.metrics(batch, c0, zs)
+    # Newton read-out first (Gauss-Seidel): the co-states then belong to the w that is kept.
+    c = cn.Controls(c0.theta, readout_newton(batch, zs, c0.w)) if s.readout == "newton" else c0
+    ps, g_theta, g_w = cn.backward(batch, c, zs)
+
+    # ∇J from the same backward pass (the adjoint identities), for grad_norm and the read-out.
+    grad_theta = jax.tree_util.tree_map(jnp.negative, g_theta)
+    if "smoothness" in batch.terms:
+        grad_theta = jax.tree_util.tree_map(jnp.add, grad_theta, jax.grad(batch.coupling)(c.theta))
+    dPhi = jax.grad(batch.terminal, argnums=1)(zs[-1], c.w)
+    grad_w = jax.tree_util.tree_map(jnp.subtract, dPhi, g_w)
+
+    data = layer_data(batch, c, zs, ps)
+    theta = maximize_hamiltonians(batch, data, rho, optimizer, s.inner_steps, s.inner_gradient)
+    ro = state.readout_state
+    w = c.w
+    if s.readout == "gradient":
+        upd, ro = s.readout_optimizer.update(grad_w, ro, c.w)
+        w = optax.apply_updates(c.w, upd)
+
+    # H_k(θ') − H_k(θ^j) = −mean_i p̃⁺·r₁(θ') − h[R(θ') − R(θ^j)]  (module doc).
+    r1, r2 = residuals(batch, data, theta)
+    S = r1.shape[-1]
+    run = lambda th: jnp.sum(jax.vmap(batch.running)(th)) if batch.terms & {"l2", "l1"} else 0.0  # noqa: E731
+    dH = -jnp.sum(data.p_next * r1) / S - batch.h * (run(theta) - run(c.theta))
+    info = {
+        "loss": m["loss"],
+        "accuracy": m["accuracy"],
+        "grad_norm": tree_norm((grad_theta, grad_w)),
+        "dH": dH,
+        "state_residual": jnp.sum(r1**2) / S,
+        "costate_residual": jnp.sum(r2**2) / S,
+        "rho": jnp.asarray(rho, dtype=m["loss"].dtype),
+    }
+    rho_next = state.rho
+    if adapt is not None:
+        up, down, rho_min = adapt
+        J_ref = cn.metrics(batch, c, zs)["loss"]  # J(θ^j, w^{j+1}) for Newton, else J(θ^j, w^j)
+        J_new = cn.objective(batch, cn.Controls(theta, w))[0]
+        # Rounding: the same J computed twice may differ in the last bits; a tie is a success.
+        tol = 64 * jnp.finfo(J_ref.dtype).eps * (1.0 + jnp.abs(J_ref))
+        accept = jnp.isfinite(J_new) & (J_new <= J_ref + tol)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)  # noqa: E731
+        theta, w, ro = keep(theta, c.theta), keep(w, c.w), keep(ro, state.readout_state)
+        rho_next = jnp.where(accept, jnp.maximum(rho * down, rho_min), jnp.minimum(rho * up, 1e12))
+        rho_next = rho_next.astype(state.rho.dtype)
+        info["accepted"] = accept.astype(m["loss"].dtype)
+    new = MSAState(cn.Controls(theta, w), ro, key, state.iteration + 1, rho_next)
+    return new, info
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtendedMSA:
+    """Extended MSA: ascend the augmented Hamiltonian ``H̃_k`` (module doc) for every layer at once.
+
+    Args:
+        rho: penalty ``ρ > 0``: the initial value, or a schedule ``j ↦ ρ_j`` (any callable of
+            the outer iteration count, e.g. ``optax.linear_schedule(20.0, 5.0, 50)``).
+        adaptive: with a numeric ``rho``, adapt it to the loss: an iteration whose
+            ``J(θ^{j+1}, w^{j+1})`` exceeds ``J(θ^j, w)`` is rejected (``θ`` stays, ``ρ ×= 2``),
+            an accepted one lowers ``ρ ×= 0.9`` down to ``rho_min``. One extra forward pass; with
+            the Newton read-out ``J`` then never increases (``w^{j+1}`` is kept either way, and
+            it lowers ``J``). ``info["accepted"]`` says which.
+        rho_min: the floor of the adaptive ``ρ``.
+        inner_steps: optimizer steps on ``H̃`` per iteration.
+        inner_optimizer: the optax optimizer of those steps. Default (``None``): gradient ascent
+            with step ``inner_lr / (ρ_j h²)``, scaled to the penalties, whose curvature in ``θ``
+            is ``ρ h²`` times an ``O(1)`` data moment.
+        inner_lr: the dimensionless step of the default inner optimizer.
+        inner_gradient: ``"closed_form"`` (default; falls back to autodiff where no closed form
+            exists) or ``"autodiff"``.
+        readout: ``"newton"`` or ``"gradient"``: how ``w`` is updated (module doc).
+        readout_optimizer: optax optimizer for ``readout="gradient"`` (default Adam, 1e-2).
+        batch_size: minibatch size (default: full batch).
+    """
+
+    rho: Any = 5.0
+    adaptive: bool = True
+    rho_min: float = 1.0
+    inner_steps: int = 10
+    inner_optimizer: Any = None
+    inner_lr: float = 0.5
+    inner_gradient: str = "closed_form"
+    readout: str = "newton"
+    readout_optimizer: Any = None
+    batch_size: int | None = None
+    name: ClassVar[str] = "emsa"
+
+    def __post_init__(self):
+        _check(self)
+        if not callable(self.rho) and not float(self.rho) > 0:
+            raise ValueError(f"rho must be positive for extended MSA, got {self.rho!r}; use MSA for rho = 0")
+        if not float(self.rho_min) > 0:
+            raise ValueError(f"rho_min must be positive, got {self.rho_min!r}")
+
+    def rho_at(self, state):
+        """``ρ_j`` for the state's iteration: the schedule's value, else the (adapted) state's."""
+        return self.rho(state.iteration) if callable(self.rho) else state.rho
+
+    def init(self, problem, controls, *, key):
+        return _init(self, problem, controls, key, 0.0 if callable(self.rho) else self.rho)
+
+    def step(self, problem, state):
+        rho = self.rho_at(state)
+        opt = self.inner_optimizer
+        if opt is None:
+            opt = optax.sgd(self.inner_lr / (rho * problem.h**2))
+        adapt = (2.0, 0.9, self.rho_min) if self.adaptive and not callable(self.rho) else None
+        return _step(self, problem, state, rho, opt, adapt)
+
+
+@dataclasses.dataclass(frozen=True)
+class MSA:
+    """Basic MSA: ascend ``H_k`` itself (``ρ = 0``); options as in :class:`ExtendedMSA`.
+
+    The inner maximization starts from ``θ^j`` and takes ``inner_steps`` optimizer steps (default
+    Adam with learning rate ``inner_lr``), so the argmax is approximate; with more steps or a
+    larger inner learning rate it approaches the exact argmax, which is what makes basic MSA
+    stall or diverge (the failure E-MSA fixes). No safeguard: ``J`` may rise.
+    """
+
+    inner_steps: int = 10
+    inner_optimizer: Any = None
+    inner_lr: float = 0.05
+    inner_gradient: str = "closed_form"
+    readout: str = "newton"
+    readout_optimizer: Any = None
+    batch_size: int | None = None
+    name: ClassVar[str] = "msa"
+
+    def __post_init__(self):
+        _check(self)
+
+    def init(self, problem, controls, *, key):
+        return _init(self, problem, controls, key, 0.0)
+
+    def step(self, problem, state):
+        opt = self.inner_optimizer if self.inner_optimizer is not None else optax.adam(self.inner_lr)
+        return _step(self, problem, state, jnp.zeros((), jnp.result_type(float)), opt)
