@@ -241,3 +241,45 @@ def test_warm_started_sweep_starts_from_the_previous_solution():
     np.testing.assert_allclose([r["training_error"] for r in runs], runs[0]["training_error"], rtol=1e-12)
     np.testing.assert_allclose(runs[2]["theta_norm"][:2], runs[0]["theta_norm"], rtol=1e-14)
     assert np.all(np.asarray(runs[2]["theta_norm"][2:]) == 0)
+
+
+# -- the study's claims on the ring (slow: ten trainings each) -----------------------------------
+def _ring_study(loss, tracking, warm_start, iters=12000):
+    import optax
+
+    import problems
+    import solvers
+
+    def ring(T, N, gamma):
+        p = problems.make("ring", samples=200, layers=N, horizon=T, tracking=gamma, test_samples=0).problem
+        if loss == "squared":
+            p = dataclasses.replace(p, loss=cn.SquaredError(1), y=np.asarray(p.y, float)[:, None])
+        return p
+
+    solver = solvers.make_solver("gd", optimizer=optax.adam(optax.cosine_decay_schedule(1e-2, iters, alpha=0.01)))
+    return ds.depth_study(ring, solver, [1.0, 2.0, 4.0, 8.0, 16.0], step=0.25, tracking=tracking,
+                          max_iters=iters, eps=0.1, warm_start=warm_start)
+
+
+@pytest.mark.slow
+def test_ring_with_l2_training_error_decreases_with_the_horizon():
+    # Esteve et al.: with an L² running cost the optimal training error is O(1/T).
+    study = _ring_study("logistic", 0.0, warm_start=False)
+    errors = [r["training_error"] for r in study["runs"]]
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert study["slope"] < -0.5, study["slope"]
+
+
+@pytest.mark.slow
+def test_ring_with_tracking_has_a_turnpike():
+    # With tracking (squared loss, whose minimum is attained at finite states) the control and
+    # the flow switch off after an initial arc: small mid-horizon, a positive fitted rate, and
+    # a band that fills more of the horizon as T grows.
+    study = _ring_study("squared", 1.0, warm_start=True)
+    runs = study["runs"]
+    big = runs[-1]
+    assert big["theta_norm_mid"] < 0.1 * max(big["theta_norm"]), big["theta_norm_mid"]
+    assert big["speed_mid"] < 0.1 * max(big["speed"]), big["speed_mid"]
+    assert all(r["mu_free"] > 0 for r in runs[2:]), [r["mu_free"] for r in runs]
+    bands = [r["band_fraction"] for r in runs]
+    assert all(b >= a for a, b in zip(bands[1:], bands[2:])) and bands[-1] > bands[1], bands
