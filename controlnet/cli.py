@@ -124,6 +124,7 @@ def _train_parser(sub):
     p.add_argument("--seconds", type=_positive_float, help="wall-time budget in seconds")
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate of the optimizer (default: 0.01)")
     p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
+    _add_msa_options(p)
     p.add_argument("--out", type=Path, help="output directory (default: the --resume directory)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="K",
@@ -143,7 +144,22 @@ def _solver_from_args(args):
     opts = {}
     if args.solver == "gd":
         opts = dict(optimizer=optax.adam(args.lr), batch_size=args.batch_size)
+    if args.solver in ("msa", "emsa", "discrete"):
+        opts = {"batch_size": args.batch_size}
+        if args.solver != "discrete":
+            opts.update(inner_steps=getattr(args, "inner_steps", None), inner_lr=getattr(args, "inner_lr", None))
+        if args.solver == "emsa":
+            opts["rho"] = getattr(args, "rho", None)
+        opts = {k: v for k, v in opts.items() if v is not None}
     return solvers.make_solver(args.solver, **opts)
+
+
+def _add_msa_options(p):
+    g = p.add_argument_group("MSA (solvers msa, emsa)")
+    g.add_argument("--rho", type=_positive_float, help="E-MSA penalty ρ, the initial value (default: 5, then adapted)")
+    g.add_argument("--inner-steps", type=_positive_int, help="Hamiltonian-maximization steps per iteration (default: 10)")
+    g.add_argument("--inner-lr", type=_positive_float,
+                   help="inner step: E-MSA's dimensionless step (default 0.5), basic MSA's Adam rate (default 0.05)")
 
 
 #: ``train`` options that may change between a run and its resumption (budget and output).
@@ -406,8 +422,53 @@ def _save_turnpike_pictures(out: Path, summary: dict) -> list[str]:
     plt.close("all")
     return names
 
+# -- compare: several solvers, one problem, the same initial controls ----------------------------
+def _compare_parser(sub):
+    p = sub.add_parser("compare", help="run several solvers on one problem from the same initial controls",
+                       description="Run each solver on the same problem from the same initial controls; print "
+                                   "one table (final loss, accuracy, iterations, wall time, time to reach the "
+                                   "target loss) and write OUT/summary.json, loss_vs_iter.png, loss_vs_time.png.")
+    _add_problem_options(p)
+    p.add_argument("--solvers", default="gd,emsa",
+                   help="comma-separated solver names from the registry (default: gd,emsa)")
+    p.add_argument("--iters", type=_positive_int, default=300, help="iteration budget of each solver (default: 300)")
+    p.add_argument("--seconds", type=_positive_float, help="wall-time budget of each solver in seconds")
+    p.add_argument("--target-loss", type=_positive_float,
+                   help="loss level for the time-to-target column (default: a tenth of the initial loss)")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate of gd's Adam (default: 0.01)")
+    p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
+    _add_msa_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(handler=_compare)
+
+
+def _compare(args):
+    import jax
+
+    import solvers
+    from solvers import compare
+
+    _check_out(args.out)
+    names = [n.strip() for n in args.solvers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in solvers.SOLVERS]
+    if not names or unknown:
+        raise UsageError(f"unknown solver(s) {unknown or args.solvers!r}; choose from {sorted(solvers.SOLVERS)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--solvers lists a solver twice: {args.solvers}")
+    built = [_solver_from_args(argparse.Namespace(**{**vars(args), "solver": n})) for n in names]
+    task = _task_from_args(args)
+    controls = jax.jit(lambda problem, key: problem.init_controls(key))(task.problem, jax.random.PRNGKey(args.seed))
+    cmp = compare.compare(task.problem, dict(zip(names, built)), controls, max_iters=args.iters, max_seconds=args.seconds,
+                          target_loss=args.target_loss, seed=args.seed, test=task.test)
+    print(compare.format_table(cmp.summary))
+    written = compare.save(cmp, args.out)
+    print(f"target loss {cmp.target_loss:.4g}; wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------
 SUBCOMMANDS = [_train_parser, _turnpike_parser]
+SUBCOMMANDS.append(_compare_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

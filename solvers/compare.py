@@ -4,7 +4,7 @@
     print(format_table(cmp.summary)); save(cmp, "runs/cmp")
 
 Solvers are given by their names in :data:`solvers.SOLVERS` (any solver registered there
-appears without changes here) or as solver objects. Each runs through :func:`solvers.solve`
+appears without changes here), as solver objects, or as a dict label → name or object. Each runs through :func:`solvers.solve`
 with the same controls, key and budget. The *time to target* is read off each history
 afterwards (the solves are not stopped at the target, so the curves stay complete): the wall
 time, summed over iterations, until the logged loss first reaches ``target_loss``; by default
@@ -70,9 +70,11 @@ def _finite(v):
 def compare(problem: cn.ControlProblem, solvers, controls: cn.Controls, *, options=None,
             max_iters: int = 300, max_seconds: float | None = None, target_loss: float | None = None,
             seed: int = 0, test=None, progress: bool = False) -> Comparison:
-    """Run every solver in ``solvers`` (names or objects) on ``problem`` from ``controls``.
+    """Run every solver in ``solvers`` on ``problem`` from ``controls``.
 
     Args:
+        solvers: names in :data:`solvers.SOLVERS`, solver objects (labelled by their ``name``),
+            or a dict label → name or object.
         options: per solver name, keyword options for :func:`solvers.make_solver`.
         max_iters, max_seconds: the budget of *each* solve.
         target_loss: the loss level for the time-to-target columns (default ``J(θ⁰)/10``).
@@ -80,10 +82,12 @@ def compare(problem: cn.ControlProblem, solvers, controls: cn.Controls, *, optio
         test: optional held-out ``(x, y)`` for ``test_accuracy``.
     """
     options = options or {}
-    specs = [solvers] if isinstance(solvers, str) else list(solvers)
-    if not specs:
+    if isinstance(solvers, dict):
+        named = [(label, _solver(s, options)[1]) for label, s in solvers.items()]
+    else:
+        named = [_solver(s, options) for s in ([solvers] if isinstance(solvers, str) else solvers)]
+    if not named:
         raise ValueError("no solvers given; pass names such as ['gd', 'emsa']")
-    named = [_solver(s, options) for s in specs]
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
         raise ValueError(f"solver names must be distinct, got {names}")
@@ -135,7 +139,9 @@ def plot_loss(comparison: Comparison, against: str = "iteration"):
 
     hists = {n: r.history for n, r in comparison.results.items() if len(r.history.get("loss", ()))}
     fig = plotting.plot_history(hists, "loss", against=against)
-    fig.axes[0].axhline(comparison.target_loss, color="gray", ls="--", lw=0.8, label="target")
+    ax = fig.axes[0]
+    ax.axhline(comparison.target_loss, color="gray", ls="--", lw=0.8, label="target loss")
+    ax.legend()
     return fig
 
 

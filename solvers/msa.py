@@ -343,14 +343,19 @@ def _check(s):
         raise ValueError(f"inner_gradient must be 'closed_form' or 'autodiff', got {s.inner_gradient!r}")
     if s.readout not in ("newton", "gradient"):
         raise ValueError(f"readout must be 'newton' or 'gradient', got {s.readout!r}")
-    if s.readout_optimizer is None:
-        object.__setattr__(s, "readout_optimizer", optax.adam(1e-2))
+    if s.readout_optimizer is not None and not isinstance(s.readout_optimizer, optax.GradientTransformation):
+        raise TypeError("readout_optimizer must be an optax.GradientTransformation or None")
     if s.batch_size is not None and (not isinstance(s.batch_size, int) or s.batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {s.batch_size!r}")
 
 
+def _readout_optimizer(s):
+    # Built on use, so that two solvers with equal options compare equal (one compiled step).
+    return s.readout_optimizer if s.readout_optimizer is not None else optax.adam(1e-2)
+
+
 def _init(s, problem, controls, key, rho0):
-    ro = s.readout_optimizer.init(controls.w) if s.readout == "gradient" else ()
+    ro = _readout_optimizer(s).init(controls.w) if s.readout == "gradient" else ()
     dtype = jnp.result_type(float)
     return MSAState(controls, ro, key, jnp.zeros((), jnp.int32), jnp.asarray(rho0, dtype))
 
@@ -378,7 +383,7 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     ro = state.readout_state
     w = c.w
     if s.readout == "gradient":
-        upd, ro = s.readout_optimizer.update(grad_w, ro, c.w)
+        upd, ro = _readout_optimizer(s).update(grad_w, ro, c.w)
         w = optax.apply_updates(c.w, upd)
 
     # H_k(θ') − H_k(θ^j) = −mean_i p̃⁺·r₁(θ') − h[R(θ') − R(θ^j)]  (module doc).
