@@ -34,7 +34,7 @@ _INTEGRATORS = {"euler": cn.Euler(), "rk4": cn.RK4()}
 _ALL_RUNNING = dict(l2=0.1, l1=0.05, smoothness=0.2, tracking=0.3, readout_l2=0.01)
 
 
-def _tiny(field, integrator, loss_name, S=6, N=3, d=3, seed=0, **weights):
+def _tiny(field, integrator, loss_name, S=5, N=2, d=3, seed=0, **weights):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(S, 2))
     loss, y = {
@@ -103,6 +103,28 @@ def test_model_hamiltonian_equals_core(field):
     np.testing.assert_allclose(np.asarray(out[1]).T, gz, rtol=1e-10, atol=1e-13)
     layer_vec = np.concatenate([np.asarray(gth[k]).ravel() for k, _ in m.shapes])
     np.testing.assert_allclose(np.asarray(out[2])[:, 0], layer_vec, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("field, integrator", [("inner", "euler"), ("two_layer", "rk4")])
+def test_multiple_shooting_nlp_at_the_warm_start_is_J(field, integrator):
+    """IPOPT's objective at iteration 0 (states from the forward pass: feasible) is ``J(θ⁰)``."""
+    weights = dict(_ALL_RUNNING, l1=0.0)  # L1's bounds would move the start into the interior
+    p = _tiny(_FIELDS[field], _INTEGRATORS[integrator], "cross_entropy", **weights)
+    sol = Direct().solve_nlp(p, p.init_controls(jax.random.PRNGKey(4)), max_iters=0)
+    h = sol.history
+    assert sol.status == "max_iters" and len(h["loss"]) == 1
+    np.testing.assert_allclose(h["objective"][0], h["loss"][0], rtol=1e-12)
+    assert h["inf_pr"][0] <= 1e-12
+
+
+def test_one_layer_and_single_shooting_agree():
+    """``N = 1``: multiple and single shooting reach the same optimum (a convex-ish small NLP)."""
+    p = _tiny(_FIELDS["inner"], cn.Euler(), "logistic", N=1, l2=0.5, readout_l2=0.5)
+    c = p.init_controls(jax.random.PRNGKey(0))
+    a = Direct(tol=1e-11).solve_nlp(p, c)
+    b = Direct(shooting="single", tol=1e-11).solve_nlp(p, c)
+    assert a.status == b.status == "converged"
+    np.testing.assert_allclose(a.objective, b.objective, rtol=1e-9)
 
 
 def test_pack_unpack_round_trip():
@@ -215,10 +237,10 @@ def test_l1_split_satisfies_the_nonsmooth_optimality_condition():
     """At the solution, with ``g = ∇_θ J`` of the problem without L1 and ``c = h α₁``:
     ``g = −c sign θ`` where ``θ ≠ 0`` and ``|g| ≤ c`` where ``θ = 0``; some weights are 0."""
     a1 = 2e-2
-    p = problems.make("ring", samples=60, layers=5, test_samples=0, l1=a1).problem
+    p = problems.make("ring", samples=40, layers=4, test_samples=0, l1=a1).problem
     sol = Direct(tol=1e-10).solve_nlp(p, p.init_controls(jax.random.PRNGKey(0)))
     assert sol.status == "converged", sol.ipopt_status
-    smooth = problems.make("ring", samples=60, layers=5, test_samples=0, l1=0.0).problem
+    smooth = problems.make("ring", samples=40, layers=4, test_samples=0, l1=0.0).problem
     _, g, _, _ = jax.jit(cn.gradient)(smooth, sol.controls)
     c = float(p.h) * a1
     theta = np.concatenate([np.asarray(v).ravel() for v in sol.controls.theta.values()])
