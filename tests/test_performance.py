@@ -1,0 +1,145 @@
+"""The fast paths compute the same mathematics, and iterating never recompiles.
+
+- the feature-major Hamiltonian used inside the backward scan is :func:`controlnet.hamiltonian`;
+- ``value_and_gradient`` (no co-state trajectory) and its checkpointed form (``block=B``: states
+  kept every ``B`` layers, recomputed in the backward pass) equal :func:`controlnet.gradient`
+  and ``jax.grad`` of the objective, for every running-cost term, in float64;
+- the checkpointed path really keeps less: XLA's temporary buffer of the compiled gradient
+  shrinks with ``block ≈ √N`` against the full trajectory;
+- a solve traces and compiles its step once, however many iterations it runs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import controlnet as cn
+import solvers
+from controlnet.adjoint import _hamiltonian_fm
+from solvers.driver import _compiled_step
+
+
+def _problem(N=12, S=40, **weights):
+    key = jax.random.PRNGKey(3)
+    x = jax.random.normal(key, (S, 2))
+    y = (jnp.sum(x**2, axis=1) > 1.0).astype(jnp.int32)
+    return cn.ControlProblem(cn.InnerActivation("tanh"), cn.Euler(), N, 3, cn.Logistic(), x, y,
+                             T=2.0, **weights)
+
+
+TERMS = {
+    "l2": dict(l2=1e-2),
+    "l1+smoothness": dict(l1=1e-3, smoothness=1e-2),
+    "tracking": dict(l2=1e-3, tracking=0.3),
+}
+
+
+def _close(a, b, rtol=1e-11, atol=1e-13):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+
+
+def test_feature_major_hamiltonian_is_the_hamiltonian():
+    p = _problem(tracking=0.3, l2=1e-2)
+    c = p.init_controls(jax.random.PRNGKey(0))
+    z = jax.random.normal(jax.random.PRNGKey(1), (p.S, 3))
+    q = jax.random.normal(jax.random.PRNGKey(2), (p.S, 3))
+    th = jax.tree_util.tree_map(lambda a: a[4], c.theta)
+    H_fm = jax.jit(lambda z, q: _hamiltonian_fm(p, z.T, q.T, th, c.w))(z, q)
+    np.testing.assert_allclose(H_fm, jax.jit(cn.hamiltonian)(p, z, q, th, c.w), rtol=1e-13)
+
+
+@pytest.mark.parametrize("terms", sorted(TERMS))
+@pytest.mark.parametrize("block", [None, 1, 4])
+def test_lean_and_checkpointed_gradient_equal_the_plain_one(terms, block):
+    p = _problem(**TERMS[terms])
+    c = p.init_controls(jax.random.PRNGKey(0))
+    J, g, zs, _ = _gradient(p, c)
+    J2, g2, zN = _lean[block](p, c)
+    np.testing.assert_allclose(J2, J, rtol=1e-13)
+    np.testing.assert_allclose(zN, zs[-1], rtol=1e-13, atol=1e-14)
+    _close(g2, g)
+    _close(g2, _autodiff(p, c), rtol=1e-9, atol=1e-12)  # and autodiff, independently
+
+
+_gradient = jax.jit(cn.gradient)
+_autodiff = jax.jit(jax.grad(lambda p, c: cn.objective(p, c)[0], argnums=1))
+_lean = {b: jax.jit(lambda p, c, b=b: cn.value_and_gradient(p, c, block=b)) for b in [None, 1, 4]}
+
+
+@pytest.mark.parametrize("block", [0, 5, 13, 2.0])
+def test_block_must_divide_N(block):
+    p = _problem()
+    c = p.init_controls(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="divisor of the number of layers N=12"):
+        cn.value_and_gradient(p, c, block=block)
+
+
+def test_checkpointing_keeps_less_memory():
+    # 400 layers x 2,000 samples x width 3: the full trajectory is 400*2000*3*8 B ≈ 19 MB.
+    p = _problem(N=400, S=2_000, l2=1e-3)
+    c = jax.eval_shape(p.init_controls, jax.random.PRNGKey(0))
+
+    def temp_bytes(f):
+        ma = jax.jit(f).lower(p, c).compile().memory_analysis()
+        if ma is None:
+            pytest.skip("this backend gives no memory analysis")
+        return ma.temp_size_in_bytes
+
+    trajectory = 401 * 2_000 * 3 * 8
+    full = temp_bytes(lambda p, c: cn.gradient(p, c)[:2])
+    lean = temp_bytes(lambda p, c: cn.value_and_gradient(p, c, block=20))
+    assert full >= trajectory  # the plain path holds all states
+    assert lean < trajectory / 4  # blocks of 20: 20 boundary + 21 block states ≈ trajectory/10
+    assert lean < full / 4
+
+
+def _counting(base, **kw):
+    traces = []
+
+    class Counting(base):
+        def step(self, problem, state):
+            traces.append(1)  # runs only while jax traces the step
+            return super().step(problem, state)
+
+    return Counting(**kw), traces
+
+
+def test_solve_traces_the_step_once_and_reuses_it_for_new_numbers():
+    p = _problem(l2=1e-3)
+    c = p.init_controls(jax.random.PRNGKey(0))
+    solver, traces = _counting(solvers.GradientDescent, optimizer=optax.adam(1e-2))
+    r = solvers.solve(solver, p, c, max_iters=25)
+    assert r.info["iterations"] == 25 and len(traces) == 1
+    # Other data, horizon and weights of the same structure: the same compiled step.
+    p2 = cn.ControlProblem(p.dynamics, p.integrator, p.N, p.width, p.loss, np.asarray(p.x) * 0.5,
+                           np.asarray(p.y), T=3.0, l2=2e-3)
+    solvers.solve(solver, p2, c, max_iters=5)
+    assert len(traces) == 1
+
+
+def _solvers():
+    out = {"gd": (solvers.GradientDescent, dict(optimizer=optax.adam(1e-2)))}
+    try:
+        from solvers.msa import ExtendedMSA
+    except ImportError:
+        return out
+    out["emsa"] = (ExtendedMSA, {})
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(_solvers()))
+def test_step_fed_its_own_output_never_retraces(name):
+    # The state a step returns must have the types it came in with (no dtype or weak-type
+    # drift), or a jitted loop would recompile at every iteration.
+    base, kw = _solvers()[name]
+    solver, traces = _counting(base, **kw)
+    p = _problem(l2=1e-3)
+    state = solver.init(p, p.init_controls(jax.random.PRNGKey(0)), key=jax.random.PRNGKey(1))
+    step = jax.jit(solver.step)
+    for _ in range(6):
+        state, info = step(p, state)
+    assert len(traces) == 1
+    assert step._cache_size() == 1
