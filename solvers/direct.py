@@ -160,7 +160,7 @@ class Direct:
             at the initial controls (multiple shooting), so a warm start is warm in the duals too.
         max_variables, max_nonzeros: the size guard's limits (:meth:`check_size`).
         verbose: show IPOPT's own output.
-        ipopt: further IPOPT options, e.g. ``{"linear_solver": "ma27"}``.
+        ipopt: further IPOPT options (they override the defaults), e.g. ``{"mu_strategy": "adaptive"}``.
     """
 
     shooting: str = "multiple"
@@ -354,6 +354,8 @@ class Direct:
             options["warm_start_init_point"] = "yes"
         t0 = time.perf_counter()
         nlp = self._build(problem, on_iterate, options)
+        # Compile the per-iteration metrics now, so that the first iteration's time is IPOPT's.
+        jax.block_until_ready(_metrics(problem, controls))
         build_time = time.perf_counter() - t0
         m, sl = nlp.model, nlp.slices
 
