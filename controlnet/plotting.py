@@ -260,3 +260,68 @@ def plot_landscape(alphas, betas, J, *, log: bool = True, title: str | None = No
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+# -- notebooks 05-08: regularization sweeps, per-layer curves, 1-D fits ---------------------------
+__all__ += ["plot_regularization_sweep", "plot_layer_curves", "plot_fit_1d"]
+
+
+def plot_regularization_sweep(sweep, keys=("train_error", "test_error"), *, logx: bool = True,
+                              title: str | None = None):
+    """``keys`` of each run of a regularization sweep (``{"kind", "runs": [{"weight", ...}]}``,
+    as :func:`solvers.depth_study.regularization_sweep` returns) against the weight."""
+    runs = sweep["runs"]
+    w = np.array([r["weight"] for r in runs], float)
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    for key in keys:
+        ax.plot(w, [r[key] for r in runs], "o-", label=key.replace("_", " "))
+    if logx:
+        ax.set_xscale("symlog", linthresh=float(np.min(w[w > 0])) if np.any(w > 0) else 1.0)
+    ax.set_xlabel({"l2": "L² weight α", "l1": "L¹ weight α₁", "smoothness": "smoothness weight β"}
+                  .get(sweep.get("kind"), "weight"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_curves(curves: dict, *, T: float | None = None, ylabel: str = "", logy: bool = True,
+                      title: str | None = None):
+    """Per-layer values, one line per ``label: values`` (length ``N`` per layer or ``N+1`` per
+    node), against the layer index, or against ``t/T`` (``t_k = kT/len``) when ``T`` is given."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for label, v in curves.items():
+        v = np.asarray(v, float)
+        k = np.arange(len(v))
+        ax.plot(k / (len(v) - 1 if len(v) > 1 else 1) if T is not None else k, v, "o-", ms=3, label=label)
+    ax.set_xlabel("t / T" if T is not None else "layer k")
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fit_1d(x, y, fits: dict, *, title: str | None = None):
+    """A 1-D regression: the data ``(x, y)`` as points and each ``label: prediction`` (one value
+    per sample) as a line over the sorted ``x``."""
+    x, y = np.ravel(np.asarray(x, float)), np.ravel(np.asarray(y, float))
+    order = np.argsort(x)
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    ax.scatter(x, y, s=8, color="0.5", label="data")
+    for label, pred in fits.items():
+        ax.plot(x[order], np.ravel(np.asarray(pred, float))[order], lw=2, label=label)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
