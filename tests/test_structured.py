@@ -56,17 +56,6 @@ def test_volume_preserving_step_has_unit_determinant(integrator):
     assert np.max(np.abs(np.linalg.det(np.asarray(J)) - 1.0)) > 1e-2
 
 
-def test_volume_preserving_network_has_unit_determinant():
-    f = cn.VolumePreserving("tanh")
-    x = np.asarray(_points(30, 4, 5))
-    problem = cn.ControlProblem(f, cn.LieSplitting(), 8, 4, cn.Logistic(), x,
-                                (x[:, 0] > 0).astype(int), T=4.0)
-    c = problem.init_controls(KEY, scale=1.5)
-    flow = lambda u: cn.final_state(problem, c.theta, u[None])[0]  # noqa: E731
-    J = jax.vmap(jax.jacfwd(flow))(problem.z0())
-    np.testing.assert_allclose(np.linalg.det(np.asarray(J)), 1.0, rtol=0, atol=1e-11)
-
-
 # -- mass preservation ----------------------------------------------------------------------------
 @pytest.mark.parametrize("integrator", [cn.Euler(), cn.RK4()])
 def test_mass_preserving_network_conserves_sum(integrator):
@@ -186,26 +175,27 @@ def test_hamiltonian_vector_field_is_hamiltons_equations():
     np.testing.assert_allclose(f(z, th), np.concatenate([dEdv, -dEdx], axis=1), atol=1e-13)
 
 
-def _energy_drift(integrator, T, N, f, th, z0):
-    """``max_k |E(z_k) − E(z_0)|`` over ``N`` steps of size ``T/N`` with ``θ`` held fixed."""
-    h = T / N
+@jax.jit(static_argnames=("integrator", "f", "N"))
+def _energy_errors(integrator, f, th, z0, h, N):
+    """``max_i |E(z_{k,i}) − E(z_{0,i})|`` for ``k = 1..N``, steps of size ``h``, ``θ`` held fixed."""
     _, zs = jax.lax.scan(lambda z, _: (integrator.step(f, z, th, h),) * 2, z0, None, length=N)
-    return float(jnp.max(jnp.abs(f.energy(zs, th) - f.energy(z0, th))))
+    return jnp.max(jnp.abs(f.energy(zs, th) - f.energy(z0, th)), axis=1)
 
 
 def test_hamiltonian_energy_error_bounded_and_of_integrator_order():
     f = cn.Hamiltonian(width=6, activation="tanh")
     th = _theta(f, 4, scale=1.5)
     z0 = _points(16, 4, 6)
-    T = 40.0
-    leap = [_energy_drift(cn.StrangSplitting(), T, N, f, th, z0) for N in (400, 800)]
-    lie = [_energy_drift(cn.LieSplitting(), T, N, f, th, z0) for N in (400, 800)]
-    euler = _energy_drift(cn.Euler(), T, 400, f, th, z0)
-    assert 3.3 < leap[0] / leap[1] < 4.7  # O(h²) energy error for leapfrog
-    assert 1.6 < lie[0] / lie[1] < 2.4  # O(h) for symplectic Euler
-    # Bounded over the long horizon: the error over [0, T] equals the error over [0, T/4].
-    assert leap[0] < 1.5 * _energy_drift(cn.StrangSplitting(), T / 4, 100, f, th, z0) + 1e-12
-    assert euler > 10 * lie[0]  # forward Euler drifts
+    N = 400
+    # Max energy error over N steps of size h and h/2 (horizons 40 and 20).
+    leap = [_energy_errors(cn.StrangSplitting(), f, th, z0, h, N) for h in (0.1, 0.05)]
+    lie = [_energy_errors(cn.LieSplitting(), f, th, z0, h, N) for h in (0.1, 0.05)]
+    euler = float(_energy_errors(cn.Euler(), f, th, z0, 0.1, N).max())
+    assert 3.3 < leap[0].max() / leap[1].max() < 4.7  # O(h²) energy error for leapfrog
+    assert 1.6 < lie[0].max() / lie[1].max() < 2.4  # O(h) for symplectic Euler
+    # Bounded: the error over the whole horizon 40 is that of its first quarter, no drift.
+    assert leap[0].max() < 1.5 * leap[0][: N // 4].max()
+    assert euler > 10 * lie[0].max()  # forward Euler drifts
 
 
 # -- convergence order of the splitting integrators ---------------------------------------------
@@ -236,43 +226,33 @@ def test_splitting_rejects_fields_without_parts():
 
 
 # -- gradient identity for every new pair ------------------------------------------------------
+# Every new integrator and every new field at least once (each pair costs a compilation).
 PAIRS = {
-    "mlp_inner": (cn.InnerActivation("tanh"), cn.NoResidual(), 3),
-    "mlp_two_layer": (cn.TwoLayer(width=4), cn.NoResidual(), 3),
+    "mlp": (cn.InnerActivation("tanh"), cn.NoResidual(), 3),
     "antisymmetric": (cn.Antisymmetric(gamma=0.1), cn.Euler(), 3),
-    "hamiltonian_lie": (cn.Hamiltonian(width=3), cn.LieSplitting(), 4),
     "hamiltonian_strang": (cn.Hamiltonian(width=3, activation="relu"), cn.StrangSplitting(), 4),
     "volume_lie": (cn.VolumePreserving(), cn.LieSplitting(), 4),
-    "volume_strang": (cn.VolumePreserving(), cn.StrangSplitting(), 4),
     "mass_euler": (cn.MassPreserving(), cn.Euler(), 3),
-    "mass_rk4": (cn.MassPreserving("sigmoid"), cn.RK4(), 3),
     "lipschitz_lie": (cn.LipschitzNet(0.5, 0.15), cn.LieSplitting(), 3),
-    "lipschitz_strang": (cn.LipschitzNet(0.4, 0.1, "relu"), cn.StrangSplitting(), 3),
 }
 
 
 @jax.jit
-def _adjoint(problem, controls):
+def _both_gradients(problem, controls):
+    """``(J, ∇J)`` by the adjoint module and by ``jax.grad`` (one compilation for both)."""
     J, g, _, _ = cn.gradient(problem, controls)
-    return J, g
-
-
-@jax.jit
-def _autodiff(problem, controls):
-    return jax.value_and_grad(lambda c: cn.objective(problem, c)[0])(controls)
+    return (J, g), jax.value_and_grad(lambda c: cn.objective(problem, c)[0])(controls)
 
 
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_gradient_identity(name):
     field, integrator, width = PAIRS[name]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((10, 2))
-    problem = cn.ControlProblem(field, integrator, 4, width, cn.Logistic(), x,
-                                (x[:, 0] * x[:, 1] > 0).astype(int), T=2.0, l2=0.1,
-                                smoothness=0.05, tracking=0.2)
+    x = rng.standard_normal((8, 2))
+    problem = cn.ControlProblem(field, integrator, 3, width, cn.Logistic(), x,
+                                (x[:, 0] * x[:, 1] > 0).astype(int), T=2.0, l2=0.1)
     c = problem.init_controls(jax.random.PRNGKey(3))
-    Ja, ga = _adjoint(problem, c)
-    Jb, gb = _autodiff(problem, c)
+    (Ja, ga), (Jb, gb) = _both_gradients(problem, c)
     assert float(Ja) == pytest.approx(float(Jb), rel=1e-13)
     flat = lambda t: jnp.concatenate([l.ravel() for l in jax.tree_util.tree_leaves(t)])  # noqa: E731
     a, b = flat(ga), flat(gb)

@@ -155,7 +155,7 @@ def square_fits():
     out = {}
     for width in (1, 2):
         task = problems.make("square", samples=100, test_samples=0, width=width, layers=10)
-        out[width] = (task, _train(task, 300, lr=2e-2))
+        out[width] = (task, _train(task, 150, lr=2e-2))
     return out
 
 
@@ -249,13 +249,15 @@ def test_ring_width2_vs_width3():
 @pytest.mark.slow
 def test_mlp_vs_resnet_equal_depth():
     acc = {}
-    for integrator in ("euler", "no_residual"):
-        task = problems.make("ring", integrator=integrator)
-        r = _train(task, 500)
-        acc[integrator] = (r.info["accuracy"], r.info["test_accuracy"])
-    print(f"\nring, width 3, 20 layers (train, test acc): ResNet {acc['euler']}, MLP {acc['no_residual']}")
-    assert acc["euler"][1] >= 0.99
-    assert acc["euler"][1] >= acc["no_residual"][1]
+    for layers in (5, 20):
+        for integrator in ("euler", "no_residual"):
+            task = problems.make("ring", integrator=integrator, layers=layers)
+            r = _train(task, 500)
+            acc[layers, integrator] = (round(r.info["accuracy"], 3), round(r.info["test_accuracy"], 3))
+        print(f"\nring, width 3, {layers} layers (train, test acc): ResNet {acc[layers, 'euler']}, "
+              f"MLP {acc[layers, 'no_residual']}")
+    assert acc[20, "euler"][1] >= 0.99
+    assert acc[20, "euler"][1] >= acc[20, "no_residual"][1]
 
 
 @pytest.mark.slow
