@@ -6,7 +6,7 @@
   against ``S`` and against ``N`` (least squares over the sweep; 1 is linear).
 - Memory at ``S = 1e5``, ``N = 1,000``, each in a fresh process (its peak resident set, which
   includes the ~0.3 GB of the Python + JAX runtime): the default path (all states and co-states
-  kept) and the checkpointed one, ``cn.value_and_gradient(block=B)`` + the same Adam update,
+  kept) and the checkpointed one, ``GradientDescent(checkpoint_block=B)`` (the same Adam step),
   which keeps only every ``B``-th state and recomputes the rest in the backward pass. Both take
   a few Adam steps (their losses are reported) and XLA's own accounting of the compiled step
   (``memory_analysis``) is given too.
@@ -40,15 +40,18 @@ def _problem(S, N):
                          l2=1e-3).problem
 
 
-def gd_step(problem):
-    """The driver's compiled GD step on ``problem`` and its initial state: ``(run, compile_s)``."""
+def gd_step(problem, block=None):
+    """The driver's compiled GD step on ``problem`` and its initial state: ``(run, compile_s, step)``.
+
+    ``block`` sets ``GradientDescent(checkpoint_block=block)``: the checkpointed adjoint pass.
+    """
     import jax
     import optax
 
     import solvers
     from solvers.driver import _compiled_step
 
-    gd = solvers.GradientDescent(optax.adam(1e-2))
+    gd = solvers.GradientDescent(optax.adam(1e-2), checkpoint_block=block or None)
     state = [gd.init(problem, problem.init_controls(jax.random.PRNGKey(0)), key=jax.random.PRNGKey(0))]
     t0 = time.perf_counter()
     step = _compiled_step(gd).lower(problem, state[0]).compile()
@@ -59,33 +62,6 @@ def gd_step(problem):
         return float(info["loss"])
 
     return run, compile_s, step
-
-
-def checkpointed_step(problem, block):
-    """One Adam step with ``cn.value_and_gradient(block=block)``: ``(run, compile_s, compiled)``."""
-    import jax
-    import optax
-
-    import controlnet as cn
-
-    opt = optax.adam(1e-2)
-
-    def step(problem, controls, opt_state):
-        J, g, _ = cn.value_and_gradient(problem, controls, block=block)
-        updates, opt_state = opt.update(g, opt_state, controls)
-        return optax.apply_updates(controls, updates), opt_state, J
-
-    c0 = problem.init_controls(jax.random.PRNGKey(0))
-    state = [c0, opt.init(c0)]
-    t0 = time.perf_counter()
-    compiled = jax.jit(step).lower(problem, *state).compile()
-    compile_s = time.perf_counter() - t0
-
-    def run():
-        state[0], state[1], J = compiled(problem, *state)
-        return float(J)
-
-    return run, compile_s, compiled
 
 
 def _slope(xs, ts):
@@ -126,10 +102,7 @@ def sweep(rounds=5, per_round=3, log=print) -> dict:
 def one(S, N, block, steps) -> dict:
     """Run ``steps`` Adam steps at ``(S, N)`` in this process; report times, losses, peak memory."""
     problem = _problem(S, N)
-    if block:
-        run, compile_s, compiled = checkpointed_step(problem, block)
-    else:
-        run, compile_s, compiled = gd_step(problem)
+    run, compile_s, compiled = gd_step(problem, block)
     losses, times = [], []
     for _ in range(steps):
         t = time.perf_counter()

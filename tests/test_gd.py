@@ -100,3 +100,16 @@ def test_core_does_not_import_solvers_or_problems():
             continue
         text = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+(solvers|problems)\b", text, re.M), path
+
+
+def test_checkpointed_gradient_descent_follows_the_same_path(ring):
+    """checkpoint_block recomputes states in the backward pass: same iterates to round-off."""
+    p = ring.problem
+    c0 = p.init_controls(jax.random.PRNGKey(4))
+    plain = solvers.solve(solvers.GradientDescent(optax.adam(1e-2)), p, c0, max_iters=5)
+    ck = solvers.solve(solvers.GradientDescent(optax.adam(1e-2), checkpoint_block=5), p, c0, max_iters=5)
+    np.testing.assert_allclose(ck.history["loss"], plain.history["loss"], rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(ck.controls), jax.tree_util.tree_leaves(plain.controls)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="divisor"):
+        solvers.solve(solvers.GradientDescent(checkpoint_block=7), p, c0, max_iters=1)
