@@ -4,8 +4,9 @@ One iteration from the controls ``(θ^j, w^j)``:
 
 1. forward: states ``z^j = cn.forward(θ^j)``;
 2. backward: co-states ``p^j`` and ``∇_θ H_k`` from ``cn.backward`` (batch-summed ``H``);
-3. for every layer ``k`` at once, a few steps of an optax optimizer ascending the augmented
-   Hamiltonian from ``θ_k^j``, all of ``z, p`` from iterate ``j``:
+3. for every layer ``k`` at once, a few safeguarded steps of an optax optimizer ascending the
+   augmented Hamiltonian from ``θ_k^j`` (:func:`maximize_hamiltonians`), all of ``z, p`` from
+   iterate ``j``:
 
        H̃_k(θ) = H_k(z_k, p_{k+1}, θ) − C_k(θ) − (ρ/2) (1/S) Σ_i (‖r_{1,i}(θ)‖² + ‖r_{2,i}(θ)‖²)
 
@@ -21,6 +22,14 @@ One iteration from the controls ``(θ^j, w^j)``:
    inner objective is a function of the two residuals, which is how it is computed.
    ``ρ = 0`` is basic MSA (:class:`MSA`), ``ρ > 0`` extended MSA (:class:`ExtendedMSA`); ``ρ``
    may be a number or a schedule ``j ↦ ρ_j``.
+
+Choosing ``ρ``. Li et al.'s convergence result needs ``ρ`` large compared with Lipschitz
+constants that grow with the co-states (with ``‖w‖``), so a fixed ``ρ`` that is fast early can
+oscillate later. By default :class:`ExtendedMSA` adapts it: an iteration that would raise ``J``
+is rejected and doubles ``ρ``; an accepted one lowers ``ρ`` by 10 %, not below ``rho_min``.
+The default inner optimizer is gradient ascent with step ``inner_lr/(ρ h²)``, since the
+penalties' curvature in ``θ`` is ``ρ h²`` times a data moment: ``1/ρ`` is then literally a step
+size.
 
 Speed. The inner gradient ``∇_θ Σ_k H̃_k`` touches every sample of every layer at every inner
 step, and the costate residual makes it a second derivative of ``Ψ_h``. For forward Euler with
@@ -42,9 +51,9 @@ Couplings between layers, handled explicitly:
   ``J_w(w) = Φ(z_N^j, w) + h Σ_k L(z_k^j, w)`` (Hessian of size ``(n_out (d+1))²``), safeguarded
   by keeping the best of ``w^j`` and the step lengths 1, ½, ¼ (for a squared-error loss the full
   step *is* the exact ridge least-squares solution), and the co-states are then computed with
-  this ``w^{j+1}`` (a Gauss-Seidel order: updating ``w`` and ``θ`` simultaneously from the same
-  co-states was measured to make ``J`` jump in the first iterations). ``readout="gradient"``
-  takes one step of ``readout_optimizer`` along ``∇_w J``, simultaneously with ``θ``.
+  this ``w^{j+1}`` (a Gauss-Seidel order: the co-states belong to the read-out that is kept).
+  ``readout="gradient"`` takes one step of ``readout_optimizer`` along ``∇_w J``, simultaneously
+  with ``θ``.
 - **Tracking** ``h Σ_k L(z_k, w)``: independent of ``θ_k``, it enters the layer problems through
   the co-states (``cn.backward`` puts ``−h∇_z L`` in ``p_k``) and the costate residual (the
   target is ``p̃_k + hS∇_z L(z_k)``, the ``θ``-dependent part of ``∇_z H_k`` being
@@ -125,8 +134,12 @@ def layer_data(problem, controls, zs, ps) -> LayerData:
     return LayerData(T(zs[:-1]), T(zs[1:]), S * T(ps[1:]), S * T(t), controls.theta)
 
 
-def residuals(problem, data: LayerData, theta):
-    """``(r_1, r_2)`` per layer and sample, shape ``(N, d, S)`` each (module doc), by autodiff."""
+def residuals(problem, data: LayerData, theta, method="closed_form"):
+    """``(r_1, r_2)`` per layer and sample, shape ``(N, d, S)`` each (module doc); by the closed
+    forms where available (``method="closed_form"``), else by ``jax.vjp`` of ``problem.step``."""
+    if method == "closed_form" and has_closed_form(problem):
+        # The kernel's gradient is unused here, and XLA drops it under jit.
+        return _CLOSED_FORM[type(problem.integrator), type(problem.dynamics)](problem, data, theta, 0.0)[:2]
 
     def layer(z, zn, pn, t, th):
         z = z.T
@@ -161,19 +174,27 @@ def _sample_part(data, r1, r2, rho):
     return (-jnp.sum(data.p_next * r1, (1, 2)) - 0.5 * rho * (jnp.sum(r1**2, (1, 2)) + jnp.sum(r2**2, (1, 2)))) / S
 
 
-def inner_objective(problem, data: LayerData, theta, rho):
+def inner_objective(problem, data: LayerData, theta, rho, method="closed_form"):
     """``H̃_k(θ_k) − C_k(θ_k) − H_k(θ_k^j) − hR(θ_k^j)`` per layer, shape ``(N,)`` (module doc):
     ``−mean_i p̃⁺·r₁ − (ρ/2) mean_i(‖r₁‖²+‖r₂‖²) − hR(θ_k) − C_k(θ_k)``."""
-    r1, r2 = residuals(problem, data, theta)
+    r1, r2 = residuals(problem, data, theta, method)
     return _sample_part(data, r1, r2, rho) + _params_part(problem, data, theta)
 
 
-def _derivatives(name):
-    """``(σ, σ', σ'')`` of the activation ``name``, elementwise (by forward mode)."""
+def _jet(name, a):
+    """``(σ(a), σ'(a), σ''(a))`` elementwise: closed forms for tanh and sigmoid (one
+    transcendental per entry), forward mode otherwise."""
+    if name == "tanh":
+        t = jnp.tanh(a)
+        d1 = 1.0 - t * t
+        return t, d1, -2.0 * t * d1
+    if name == "sigmoid":
+        t = jax.nn.sigmoid(a)
+        d1 = t * (1.0 - t)
+        return t, d1, d1 * (1.0 - 2.0 * t)
     s = activation(name)
-    ds = lambda a: jax.jvp(s, (a,), (jnp.ones_like(a),))[1]  # noqa: E731
-    d2s = lambda a: jax.jvp(ds, (a,), (jnp.ones_like(a),))[1]  # noqa: E731
-    return s, ds, d2s
+    ds = lambda x: jax.jvp(s, (x,), (jnp.ones_like(x),))[1]  # noqa: E731
+    return s(a), ds(a), jax.jvp(ds, (a,), (jnp.ones_like(a),))[1]
 
 
 def _inner_grad_inner(problem, data, theta, rho):
@@ -183,18 +204,16 @@ def _inner_grad_inner(problem, data, theta, rho):
         e = h(p̃⁺ + ρr₁)⊙σ'(a) + ρh(Wr₂)⊙σ''(a)⊙p̃⁺,
         ∂/∂W = mean_i[e zᵀ + ρh u r₂ᵀ],   ∂/∂b = mean_i e.
     """
-    s, ds, d2s = _derivatives(problem.dynamics.activation)
     h, W, b = problem.h, theta["W"], theta["b"]
     z, pn = data.z, data.p_next
-    a = jnp.einsum("ned,nds->nes", W, z) + b[..., None]
-    s1 = ds(a)
+    s0, s1, s2 = _jet(problem.dynamics.activation, jnp.einsum("ned,nds->nes", W, z) + b[..., None])
     u = s1 * pn
-    r1 = data.z_next - z - h * s(a)
+    r1 = data.z_next - z - h * s0
     r2 = data.target - pn - h * jnp.einsum("ned,nes->nds", W, u)
-    e = h * (pn + rho * r1) * s1 + rho * h * jnp.einsum("ned,nds->nes", W, r2) * d2s(a) * pn
+    e = h * (pn + rho * r1) * s1 + rho * h * jnp.einsum("ned,nds->nes", W, r2) * s2 * pn
     S = z.shape[-1]
     gW = (jnp.einsum("nes,nds->ned", e, z) + rho * h * jnp.einsum("nes,nds->ned", u, r2)) / S
-    return _sample_part(data, r1, r2, rho), {"W": gW, "b": jnp.sum(e, -1) / S}
+    return r1, r2, {"W": gW, "b": jnp.sum(e, -1) / S}
 
 
 def _inner_grad_outer(problem, data, theta, rho):
@@ -203,16 +222,15 @@ def _inner_grad_outer(problem, data, theta, rho):
         r₁ = z⁺ − z − h(Wσ(z) + b),   r₂ = t − p̃⁺ − hσ'(z)⊙(Wᵀp̃⁺),
         ∂/∂W = mean_i[h(p̃⁺ + ρr₁)σ(z)ᵀ + ρh p̃⁺(σ'(z)⊙r₂)ᵀ],   ∂/∂b = mean_i h(p̃⁺ + ρr₁).
     """
-    s, ds, _ = _derivatives(problem.dynamics.activation)
     h, W, b = problem.h, theta["W"], theta["b"]
     z, pn = data.z, data.p_next
-    sz, s1 = s(z), ds(z)
+    sz, s1, _ = _jet(problem.dynamics.activation, z)
     r1 = data.z_next - z - h * (jnp.einsum("nde,nes->nds", W, sz) + b[..., None])
     r2 = data.target - pn - h * s1 * jnp.einsum("nde,nds->nes", W, pn)
     q = h * (pn + rho * r1)
     S = z.shape[-1]
     gW = (jnp.einsum("nds,nes->nde", q, sz) + rho * h * jnp.einsum("nds,nes->nde", pn, s1 * r2)) / S
-    return _sample_part(data, r1, r2, rho), {"W": gW, "b": jnp.sum(q, -1) / S}
+    return r1, r2, {"W": gW, "b": jnp.sum(q, -1) / S}
 
 
 def _inner_grad_two_layer(problem, data, theta, rho):
@@ -222,22 +240,20 @@ def _inner_grad_two_layer(problem, data, theta, rho):
         e = σ'(q)⊙Bᵀ(h(p̃⁺ + ρr₁)) + ρh(Ar₂)⊙σ''(q)⊙v,
         ∂/∂A = mean_i[e zᵀ + ρh u r₂ᵀ],   ∂/∂a = mean_i e,   ∂/∂B = mean_i[h(p̃⁺ + ρr₁)σ(q)ᵀ + p̃⁺gᵀ].
     """
-    s, ds, d2s = _derivatives(problem.dynamics.activation)
     h, A, a, B = problem.h, theta["A"], theta["a"], theta["B"]
     z, pn = data.z, data.p_next
-    q = jnp.einsum("nmd,nds->nms", A, z) + a[..., None]
-    sq, s1 = s(q), ds(q)
+    sq, s1, s2 = _jet(problem.dynamics.activation, jnp.einsum("nmd,nds->nms", A, z) + a[..., None])
     v = jnp.einsum("ndm,nds->nms", B, pn)
     u = s1 * v
     r1 = data.z_next - z - h * jnp.einsum("ndm,nms->nds", B, sq)
     r2 = data.target - pn - h * jnp.einsum("nmd,nms->nds", A, u)
     c = h * (pn + rho * r1)
     Ar2 = rho * h * jnp.einsum("nmd,nds->nms", A, r2)
-    e = s1 * jnp.einsum("ndm,nds->nms", B, c) + Ar2 * d2s(q) * v
+    e = s1 * jnp.einsum("ndm,nds->nms", B, c) + Ar2 * s2 * v
     S = z.shape[-1]
     gA = (jnp.einsum("nms,nds->nmd", e, z) + rho * h * jnp.einsum("nms,nds->nmd", u, r2)) / S
     gB = (jnp.einsum("nds,nms->ndm", c, sq) + jnp.einsum("nds,nms->ndm", pn, Ar2 * s1)) / S
-    return _sample_part(data, r1, r2, rho), {"A": gA, "a": jnp.sum(e, -1) / S, "B": gB}
+    return r1, r2, {"A": gA, "a": jnp.sum(e, -1) / S, "B": gB}
 
 
 _CLOSED_FORM = {
@@ -256,11 +272,12 @@ def inner_value_and_grad(problem, data: LayerData, theta, rho, method="closed_fo
     """``(v, g)``: :func:`inner_objective` per layer and its gradient in every ``θ_k`` (closed
     form where available, else autodiff; the sum is separable, so ``g_k`` is layer ``k``'s own)."""
     if method == "closed_form" and has_closed_form(problem):
-        v, g = _CLOSED_FORM[type(problem.integrator), type(problem.dynamics)](problem, data, theta, rho)
+        r1, r2, g = _CLOSED_FORM[type(problem.integrator), type(problem.dynamics)](problem, data, theta, rho)
         gp = jax.grad(lambda th: jnp.sum(_params_part(problem, data, th)))(theta)
-        return v + _params_part(problem, data, theta), jax.tree_util.tree_map(jnp.add, g, gp)
-    v = inner_objective(problem, data, theta, rho)
-    g = jax.grad(lambda th: jnp.sum(inner_objective(problem, data, th, rho)))(theta)
+        v = _sample_part(data, r1, r2, rho) + _params_part(problem, data, theta)
+        return v, jax.tree_util.tree_map(jnp.add, g, gp)
+    v = inner_objective(problem, data, theta, rho, "autodiff")
+    g = jax.grad(lambda th: jnp.sum(inner_objective(problem, data, th, rho, "autodiff")))(theta)
     return v, g
 
 
@@ -269,7 +286,7 @@ def inner_gradient(problem, data: LayerData, theta, rho, method="closed_form"):
     return inner_value_and_grad(problem, data, theta, rho, method)[1]
 
 
-def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, method="closed_form"):
+def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, method="closed_form", start=None):
     """``θ^{j+1}``: ``steps`` safeguarded steps of ``optimizer`` ascending ``H̃_k − C_k`` from ``θ^j``.
 
     The sum over layers is separable (neighbours frozen in ``C_k``), so its gradient holds every
@@ -278,9 +295,15 @@ def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, metho
     a layer takes ``θ_k + η_k u_k`` only if its objective does not decrease; otherwise it stays
     and ``η_k`` halves (after a success ``η_k`` grows by 1.5, up to 1). So every layer's
     ``H̃_k − C_k`` is non-decreasing along the inner iterations, whatever the optimizer.
+
+    ``start``: the gradient at ``θ^j`` if known; it is ``∇_θ H_k − ∇_{θ_k} C = −∇_{θ_k} J``
+    (the penalties are stationary there), which the backward pass has already computed.
     """
     vg = lambda th: inner_value_and_grad(problem, data, th, rho, method)  # noqa: E731
-    v0, g0 = vg(data.theta)
+    if start is None:
+        v0, g0 = vg(data.theta)
+    else:  # both residuals vanish at θ^j: only the parameter terms remain
+        v0, g0 = _params_part(problem, data, data.theta), start
     eta0 = jnp.ones_like(v0)
 
     def scale(u, eta):
@@ -379,7 +402,8 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     grad_w = jax.tree_util.tree_map(jnp.subtract, dPhi, g_w)
 
     data = layer_data(batch, c, zs, ps)
-    theta = maximize_hamiltonians(batch, data, rho, optimizer, s.inner_steps, s.inner_gradient)
+    start = jax.tree_util.tree_map(jnp.negative, grad_theta)
+    theta = maximize_hamiltonians(batch, data, rho, optimizer, s.inner_steps, s.inner_gradient, start)
     ro = state.readout_state
     w = c.w
     if s.readout == "gradient":
@@ -387,7 +411,7 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
         w = optax.apply_updates(c.w, upd)
 
     # H_k(θ') − H_k(θ^j) = −mean_i p̃⁺·r₁(θ') − h[R(θ') − R(θ^j)]  (module doc).
-    r1, r2 = residuals(batch, data, theta)
+    r1, r2 = residuals(batch, data, theta, s.inner_gradient)
     S = r1.shape[-1]
     run = lambda th: jnp.sum(jax.vmap(batch.running)(th)) if batch.terms & {"l2", "l1"} else 0.0  # noqa: E731
     dH = -jnp.sum(data.p_next * r1) / S - batch.h * (run(theta) - run(c.theta))
