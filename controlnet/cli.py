@@ -10,10 +10,11 @@ adds its options and a ``_<name>`` handler. Bad input prints one line ``controln
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
+
+from .io import atomic_write, to_json
 
 __all__ = ["main", "build_parser"]
 
@@ -224,7 +225,7 @@ def _train(args):
     result.save(out)
     _save_pictures(out, task, result)
     summary = {k: result.info[k] for k in ("loss", "accuracy", "test_accuracy", "iterations", "wall_time") if k in result.info}
-    print(json.dumps({"status": result.status, **summary}, indent=None))
+    print(to_json({"status": result.status, **summary}))
     print(f"wrote {out}/result.json, {'' if one_solve else 'checkpoint.npz, '}flow.png, loss.png")
     if result.diverged:
         print(f"controlnet: error: {result.info['solver']} diverged at iteration "
@@ -260,7 +261,6 @@ def _save_pictures(out: Path, task, result):
 
 
 def _save_fig(fig, path: Path):
-    from controlnet.io import atomic_write
 
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
@@ -381,15 +381,14 @@ def _turnpike(args):
               if k not in ("command", "handler") and not callable(v)}
     summary = _finite_or_none({"config": config, **summary})
     args.out.mkdir(parents=True, exist_ok=True)
-    from controlnet.io import atomic_write
 
-    text = json.dumps(summary, indent=1).encode()
+    text = to_json(summary, indent=1).encode()
     atomic_write(args.out / "summary.json", lambda f: f.write(text))
     names = _save_turnpike_pictures(args.out, summary)
     for name in ("l2", "tracking"):
         if name in summary:
             s = summary[name]
-            print(json.dumps({"cost": name, f"slope_vs_{s['slope_against']}": s["slope"],
+            print(to_json({"cost": name, f"slope_vs_{s['slope_against']}": s["slope"],
                               "mu": [r["mu"] for r in s["runs"]],
                               "band_fraction": [r["band_fraction"] for r in s["runs"]]}))
     print(f"wrote {args.out}/summary.json, " + ", ".join(names))

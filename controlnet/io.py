@@ -37,6 +37,7 @@ import numpy as np
 from .problem import Controls
 
 __all__ = [
+    "to_json",
     "Result",
     "FORMAT",
     "VERSION",
@@ -157,7 +158,7 @@ def save_checkpoint(path, state, *, iteration: int, history: dict, meta: dict | 
         arrays[f"history/{k}"] = np.asarray(v)
     head = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "iteration": int(iteration),
             "leaves": records, **(meta or {})}
-    text = json.dumps(head, default=_jsonable).encode()
+    text = to_json(head).encode()
     arrays["__meta__"] = np.frombuffer(text, dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
@@ -274,7 +275,7 @@ class Result:
         meta = {"format": FORMAT, "version": VERSION, "status": self.status,
                 "controls_shapes": shapes, "history_length": _length(hist), "sha256": digests,
                 **self.info}
-        text = json.dumps(meta, indent=2, default=_jsonable).encode()
+        text = to_json(meta, indent=2).encode()
         atomic_write(d / "result.json", lambda f: f.write(text))
         return d
 
@@ -320,6 +321,24 @@ def _sha256(path) -> str:
 
 def _length(hist) -> int:
     return max((len(v) for v in hist.values()), default=0)
+
+
+def to_json(obj, indent=None) -> str:
+    """Strict JSON text of ``obj``: numpy/JAX scalars and arrays as numbers and lists, and
+    non-finite floats (an accuracy of ``nan`` for a regression) as ``null``."""
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.generic, np.ndarray, jax.Array)):
+            return clean(_jsonable(v))
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v
+
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
 
 
 def _jsonable(v):

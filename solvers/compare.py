@@ -13,7 +13,6 @@ the target is a tenfold cut of the initial loss, ``J(θ⁰)/10``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -162,6 +161,6 @@ def save(comparison: Comparison, out) -> list[Path]:
         atomic_write(out / fname, lambda f: fig.savefig(f, format="png", dpi=110))
         plt.close(fig)
         paths.append(out / fname)
-    text = json.dumps(comparison.summary, indent=2)
+    text = cn.io.to_json(comparison.summary, indent=2)
     atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
     return [out / "summary.json"] + paths
