@@ -126,12 +126,12 @@ class LayerData(NamedTuple):
 def layer_data(problem, controls, zs, ps) -> LayerData:
     """:class:`LayerData` from the states and batch-summed co-states ``(N+1, S, d)``."""
     S = zs.shape[1]
-    t = ps[:-1]
+    zT, pT = jnp.swapaxes(zs, 1, 2), S * jnp.swapaxes(ps, 1, 2)  # one transpose each
+    t = pT[:-1]
     if "tracking" in problem.terms:
         dL = jax.vmap(jax.grad(problem.tracking_cost), in_axes=(0, None))(zs[:-1], controls.w)
-        t = t + problem.h * dL
-    T = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731
-    return LayerData(T(zs[:-1]), T(zs[1:]), S * T(ps[1:]), S * T(t), controls.theta)
+        t = t + problem.h * S * jnp.swapaxes(dL, 1, 2)
+    return LayerData(zT[:-1], zT[1:], pT[1:], t, controls.theta)
 
 
 def residuals(problem, data: LayerData, theta, method="closed_form"):
@@ -168,17 +168,22 @@ def _params_part(problem, data, theta):
     return -problem.h * run - _jacobi_coupling(problem, theta, data.theta)
 
 
-def _sample_part(data, r1, r2, rho):
-    """``−mean_i p̃⁺·r₁ − (ρ/2) mean_i(‖r₁‖² + ‖r₂‖²)`` per layer (residuals ``(N, d, S)``)."""
+def _residual_sums(data, r1, r2):
+    """Per layer ``(mean_i p̃⁺·r₁, mean_i ‖r₁‖², mean_i ‖r₂‖²)``, shape ``(N, 3)``."""
     S = r1.shape[-1]
-    return (-jnp.sum(data.p_next * r1, (1, 2)) - 0.5 * rho * (jnp.sum(r1**2, (1, 2)) + jnp.sum(r2**2, (1, 2)))) / S
+    return jnp.stack([jnp.sum(data.p_next * r1, (1, 2)), jnp.sum(r1**2, (1, 2)), jnp.sum(r2**2, (1, 2))], 1) / S
+
+
+def _sample_part(sums, rho):
+    """``−mean_i p̃⁺·r₁ − (ρ/2) mean_i(‖r₁‖² + ‖r₂‖²)`` per layer, from :func:`_residual_sums`."""
+    return -sums[:, 0] - 0.5 * rho * (sums[:, 1] + sums[:, 2])
 
 
 def inner_objective(problem, data: LayerData, theta, rho, method="closed_form"):
     """``H̃_k(θ_k) − C_k(θ_k) − H_k(θ_k^j) − hR(θ_k^j)`` per layer, shape ``(N,)`` (module doc):
     ``−mean_i p̃⁺·r₁ − (ρ/2) mean_i(‖r₁‖²+‖r₂‖²) − hR(θ_k) − C_k(θ_k)``."""
     r1, r2 = residuals(problem, data, theta, method)
-    return _sample_part(data, r1, r2, rho) + _params_part(problem, data, theta)
+    return _sample_part(_residual_sums(data, r1, r2), rho) + _params_part(problem, data, theta)
 
 
 def _jet(name, a):
@@ -271,14 +276,25 @@ def has_closed_form(problem) -> bool:
 def inner_value_and_grad(problem, data: LayerData, theta, rho, method="closed_form"):
     """``(v, g)``: :func:`inner_objective` per layer and its gradient in every ``θ_k`` (closed
     form where available, else autodiff; the sum is separable, so ``g_k`` is layer ``k``'s own)."""
+    return _value_grad_sums(problem, data, theta, rho, method)[:2]
+
+
+def _value_grad_sums(problem, data, theta, rho, method):
+    """``(v, g, sums)``: :func:`inner_value_and_grad` and the :func:`_residual_sums` at ``θ``."""
     if method == "closed_form" and has_closed_form(problem):
         r1, r2, g = _CLOSED_FORM[type(problem.integrator), type(problem.dynamics)](problem, data, theta, rho)
         gp = jax.grad(lambda th: jnp.sum(_params_part(problem, data, th)))(theta)
-        v = _sample_part(data, r1, r2, rho) + _params_part(problem, data, theta)
-        return v, jax.tree_util.tree_map(jnp.add, g, gp)
-    v = inner_objective(problem, data, theta, rho, "autodiff")
-    g = jax.grad(lambda th: jnp.sum(inner_objective(problem, data, th, rho, "autodiff")))(theta)
-    return v, g
+        sums = _residual_sums(data, r1, r2)
+        v = _sample_part(sums, rho) + _params_part(problem, data, theta)
+        return v, jax.tree_util.tree_map(jnp.add, g, gp), sums
+
+    def total(th):
+        sums = _residual_sums(data, *residuals(problem, data, th, "autodiff"))
+        v = _sample_part(sums, rho) + _params_part(problem, data, th)
+        return jnp.sum(v), (v, sums)
+
+    g, (v, sums) = jax.grad(total, has_aux=True)(theta)
+    return v, g, sums
 
 
 def inner_gradient(problem, data: LayerData, theta, rho, method="closed_form"):
@@ -299,11 +315,17 @@ def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, metho
     ``start``: the gradient at ``θ^j`` if known; it is ``∇_θ H_k − ∇_{θ_k} C = −∇_{θ_k} J``
     (the penalties are stationary there), which the backward pass has already computed.
     """
-    vg = lambda th: inner_value_and_grad(problem, data, th, rho, method)  # noqa: E731
+    return _maximize(problem, data, rho, optimizer, steps, method, start)[0]
+
+
+def _maximize(problem, data, rho, optimizer, steps, method, start):
+    """:func:`maximize_hamiltonians` and the :func:`_residual_sums` at the ``θ`` it returns."""
+    vg = lambda th: _value_grad_sums(problem, data, th, rho, method)  # noqa: E731
     if start is None:
-        v0, g0 = vg(data.theta)
+        v0, g0, sums0 = vg(data.theta)
     else:  # both residuals vanish at θ^j: only the parameter terms remain
         v0, g0 = _params_part(problem, data, data.theta), start
+        sums0 = jnp.zeros(v0.shape + (3,), v0.dtype)
     eta0 = jnp.ones_like(v0)
 
     def scale(u, eta):
@@ -313,17 +335,17 @@ def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, metho
         return jax.tree_util.tree_map(lambda x, y: jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
 
     def body(_, carry):
-        theta, v, g, eta, opt_state = carry
+        theta, v, g, sums, eta, opt_state = carry
         updates, opt_state = optimizer.update(jax.tree_util.tree_map(jnp.negative, g), opt_state, theta)
         cand = optax.apply_updates(theta, scale(updates, eta))
-        vc, gc = vg(cand)
+        vc, gc, sc = vg(cand)
         ok = vc >= v
         eta = jnp.where(ok, jnp.minimum(1.5 * eta, 1.0), 0.5 * eta)
-        return pick(ok, cand, theta), jnp.where(ok, vc, v), pick(ok, gc, g), eta, opt_state
+        return pick(ok, cand, theta), jnp.where(ok, vc, v), pick(ok, gc, g), pick(ok, sc, sums), eta, opt_state
 
-    carry = (data.theta, v0, g0, eta0, optimizer.init(data.theta))
-    theta = jax.lax.fori_loop(0, steps, body, carry)[0]
-    return theta
+    carry = (data.theta, v0, g0, sums0, eta0, optimizer.init(data.theta))
+    theta, _, _, sums, _, _ = jax.lax.fori_loop(0, steps, body, carry)
+    return theta, sums
 
 
 def _readout_objective(problem, zs):
@@ -403,7 +425,7 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
 
     data = layer_data(batch, c, zs, ps)
     start = jax.tree_util.tree_map(jnp.negative, grad_theta)
-    theta = maximize_hamiltonians(batch, data, rho, optimizer, s.inner_steps, s.inner_gradient, start)
+    theta, sums = _maximize(batch, data, rho, optimizer, s.inner_steps, s.inner_gradient, start)
     ro = state.readout_state
     w = c.w
     if s.readout == "gradient":
@@ -411,17 +433,15 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
         w = optax.apply_updates(c.w, upd)
 
     # H_k(θ') − H_k(θ^j) = −mean_i p̃⁺·r₁(θ') − h[R(θ') − R(θ^j)]  (module doc).
-    r1, r2 = residuals(batch, data, theta, s.inner_gradient)
-    S = r1.shape[-1]
     run = lambda th: jnp.sum(jax.vmap(batch.running)(th)) if batch.terms & {"l2", "l1"} else 0.0  # noqa: E731
-    dH = -jnp.sum(data.p_next * r1) / S - batch.h * (run(theta) - run(c.theta))
+    dH = -jnp.sum(sums[:, 0]) - batch.h * (run(theta) - run(c.theta))
     info = {
         "loss": m["loss"],
         "accuracy": m["accuracy"],
         "grad_norm": tree_norm((grad_theta, grad_w)),
         "dH": dH,
-        "state_residual": jnp.sum(r1**2) / S,
-        "costate_residual": jnp.sum(r2**2) / S,
+        "state_residual": jnp.sum(sums[:, 1]),
+        "costate_residual": jnp.sum(sums[:, 2]),
         "rho": jnp.asarray(rho, dtype=m["loss"].dtype),
     }
     rho_next = state.rho
@@ -452,7 +472,8 @@ class ExtendedMSA:
             ``J(θ^{j+1}, w^{j+1})`` exceeds ``J(θ^j, w)`` is rejected (``θ`` stays, ``ρ ×= 2``),
             an accepted one lowers ``ρ ×= 0.9`` down to ``rho_min``. One extra forward pass; with
             the Newton read-out ``J`` then never increases (``w^{j+1}`` is kept either way, and
-            it lowers ``J``). ``info["accepted"]`` says which.
+            it lowers ``J``). ``info["accepted"]`` says which; ``dH`` and the residuals
+            describe the proposed move either way.
         rho_min: the floor of the adaptive ``ρ``.
         inner_steps: optimizer steps on ``H̃`` per iteration.
         inner_optimizer: the optax optimizer of those steps. Default (``None``): gradient ascent
