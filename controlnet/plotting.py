@@ -290,7 +290,7 @@ def plot_regularization_sweep(sweep, keys=("train_error", "test_error"), *, logx
 def plot_layer_curves(curves: dict, *, T: float | None = None, ylabel: str = "", logy: bool = True,
                       title: str | None = None):
     """Per-layer values, one line per ``label: values`` (length ``N`` per layer or ``N+1`` per
-    node), against the layer index, or against ``t/T`` (``t_k = kT/len``) when ``T`` is given."""
+    node), against the layer index, or against ``t/T = k/(len − 1)`` when ``T`` is given."""
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for label, v in curves.items():
         v = np.asarray(v, float)
