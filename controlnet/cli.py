@@ -37,44 +37,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _seed(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {s!r}") from None
-    if not 0 <= v < 2**31:
-        raise argparse.ArgumentTypeError(f"expected a seed in 0..2147483647, got {s!r}")
-    return v
+def _argument(convert, accept, expected: str):
+    """An argparse type: ``convert`` the text, keep it if ``accept``, else say what was expected."""
+
+    def parse(s):
+        try:
+            v = convert(s)
+        except ValueError:
+            v = None
+        if v is None or not accept(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}")
+        return v
+
+    return parse
 
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not (v > 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
-
-
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not (v >= 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
-    return v
+_seed = _argument(int, lambda v: 0 <= v < 2**31, "a seed in 0..2147483647")
+_positive_int = _argument(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _argument(float, lambda v: 0 < v < float("inf"), "a positive number")
+_nonneg_float = _argument(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def _add_problem_options(p):

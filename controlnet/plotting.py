@@ -8,6 +8,17 @@ import numpy as np
 __all__ = ["plot_flow", "plot_history", "layer_choice"]
 
 
+def _finish(fig, ax, title=None, *, grid=True):
+    """The common end of a one-axis figure: grid, small legend, title, tight layout."""
+    if grid:
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def layer_choice(N: int, count: int = 4) -> list[int]:
     """``count`` layer indices spread evenly over ``0..N`` (always 0 and N)."""
     return sorted({int(round(k)) for k in np.linspace(0, N, min(count, N + 1))})
@@ -186,12 +197,7 @@ def plot_turnpike(runs, key: str = "theta_norm", *, ylabel: str | None = None, l
     ax.set_ylabel(ylabel or {"theta_norm": "‖θ(t)‖", "speed": "flow speed ‖z_{k+1}−z_k‖/h"}.get(key, key))
     if logy:
         ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def plot_error_vs_horizon(series: dict, *, xlabel: str = "horizon T", ylabel: str = "training error",
@@ -213,11 +219,7 @@ def plot_error_vs_horizon(series: dict, *, xlabel: str = "horizon T", ylabel: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, grid=False)
 
 
 def plot_eigenvalues(eigenvalues, h: float, *, title: str | None = None):
@@ -279,12 +281,7 @@ def plot_regularization_sweep(sweep, keys=("train_error", "test_error"), *, logx
         ax.set_xscale("symlog", linthresh=float(np.min(w[w > 0])) if np.any(w > 0) else 1.0)
     ax.set_xlabel({"l2": "L² weight α", "l1": "L¹ weight α₁", "smoothness": "smoothness weight β"}
                   .get(sweep.get("kind"), "weight"))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def plot_layer_curves(curves: dict, *, T: float | None = None, ylabel: str = "", logy: bool = True,
@@ -301,11 +298,7 @@ def plot_layer_curves(curves: dict, *, T: float | None = None, ylabel: str = "",
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, grid=False)
 
 
 def plot_fit_1d(x, y, fits: dict, *, title: str | None = None):
@@ -319,9 +312,4 @@ def plot_fit_1d(x, y, fits: dict, *, title: str | None = None):
         ax.plot(x[order], np.ravel(np.asarray(pred, float))[order], lw=2, label=label)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
