@@ -19,13 +19,13 @@ demo: $(STAMP)
 	@echo "pictures and result in $(OUT)/ (flow.png, loss.png, result.json)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadscope -m "not slow"
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto -m slow
+	$(BIN)/python -m pytest -q -n auto --dist loadscope -m slow
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 # `make bench`: the peers (diffrax, equinox, torch, torchdiffeq) live in their own venv, never in
 # the library's dependencies. Writes benchmarks/results.json and prints the ratio tables.
