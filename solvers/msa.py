@@ -386,6 +386,9 @@ def _check(s):
         raise TypeError("inner_optimizer must be an optax.GradientTransformation (e.g. optax.adam(0.02)) or None")
     if s.inner_gradient not in ("closed_form", "autodiff"):
         raise ValueError(f"inner_gradient must be 'closed_form' or 'autodiff', got {s.inner_gradient!r}")
+    if s.inner not in ("optax", "ipopt"):
+        raise ValueError(f"inner must be 'optax' (a few optimizer steps) or 'ipopt' (exact per layer), "
+                         f"got {s.inner!r}")
     if s.readout not in ("newton", "gradient"):
         raise ValueError(f"readout must be 'newton' or 'gradient', got {s.readout!r}")
     if s.readout_optimizer is not None and not isinstance(s.readout_optimizer, optax.GradientTransformation):
@@ -425,7 +428,13 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
 
     data = layer_data(batch, c, zs, ps)
     start = jax.tree_util.tree_map(jnp.negative, grad_theta)
-    theta, sums = _maximize(batch, data, rho, optimizer, s.inner_steps, s.inner_gradient, start)
+    if s.inner == "ipopt":
+        from .msa_exact import maximize_exactly  # CasADi only when asked for
+
+        theta = maximize_exactly(batch, data, rho)
+        sums = _residual_sums(data, *residuals(batch, data, theta, s.inner_gradient))
+    else:
+        theta, sums = _maximize(batch, data, rho, optimizer, s.inner_steps, s.inner_gradient, start)
     ro = state.readout_state
     w = c.w
     if s.readout == "gradient":
@@ -482,6 +491,9 @@ class ExtendedMSA:
         inner_lr: the dimensionless step of the default inner optimizer.
         inner_gradient: ``"closed_form"`` (default; falls back to autodiff where no closed form
             exists) or ``"autodiff"``.
+        inner: ``"optax"`` (default: ``inner_steps`` safeguarded optimizer steps, all layers at
+            once) or ``"ipopt"``: every layer's ``H̃_k − C_k`` maximized to IPOPT's tolerance
+            with CasADi (:mod:`solvers.msa_exact`; small problems, smooth ``R``).
         readout: ``"newton"`` or ``"gradient"``: how ``w`` is updated (module doc).
         readout_optimizer: optax optimizer for ``readout="gradient"`` (default Adam, 1e-2).
         batch_size: minibatch size (default: full batch).
@@ -494,6 +506,7 @@ class ExtendedMSA:
     inner_optimizer: Any = None
     inner_lr: float = 0.5
     inner_gradient: str = "closed_form"
+    inner: str = "optax"
     readout: str = "newton"
     readout_optimizer: Any = None
     batch_size: int | None = None
@@ -536,6 +549,7 @@ class MSA:
     inner_optimizer: Any = None
     inner_lr: float = 0.05
     inner_gradient: str = "closed_form"
+    inner: str = "optax"
     readout: str = "newton"
     readout_optimizer: Any = None
     batch_size: int | None = None
