@@ -40,6 +40,15 @@ class VectorField(abc.ABC):
     def init(self, key, d: int, scale: float = 1.0) -> dict:
         """Random parameters of one layer for state width ``d``."""
 
+    def feature_major(self, zT, theta):
+        """``f`` on states stored feature-major, ``zT (d, S)`` (the scans' layout).
+
+        The default vmaps :meth:`__call__` over the samples; fields whose formula is a matrix
+        product override it with ``W @ zT``, which XLA's CPU backend runs several times faster
+        for small ``d`` than the vmapped per-sample product.
+        """
+        return jax.vmap(self, in_axes=(1, None), out_axes=1)(zT, theta)
+
 
 def _normal(key, shape, std):
     return std * jax.random.normal(key, shape)
@@ -62,6 +71,9 @@ class InnerActivation(VectorField):
     def __call__(self, z, theta):
         return activation(self.activation)(z @ theta["W"].T + theta["b"])
 
+    def feature_major(self, zT, theta):
+        return activation(self.activation)(theta["W"] @ zT + theta["b"][:, None])
+
     def init(self, key, d, scale=1.0):
         return _square_init(key, d, scale)
 
@@ -77,6 +89,9 @@ class OuterActivation(VectorField):
 
     def __call__(self, z, theta):
         return activation(self.activation)(z) @ theta["W"].T + theta["b"]
+
+    def feature_major(self, zT, theta):
+        return theta["W"] @ activation(self.activation)(zT) + theta["b"][:, None]
 
     def init(self, key, d, scale=1.0):
         return _square_init(key, d, scale)
@@ -96,6 +111,9 @@ class TwoLayer(VectorField):
 
     def __call__(self, z, theta):
         return activation(self.activation)(z @ theta["A"].T + theta["a"]) @ theta["B"].T
+
+    def feature_major(self, zT, theta):
+        return theta["B"] @ activation(self.activation)(theta["A"] @ zT + theta["a"][:, None])
 
     def init(self, key, d, scale=1.0):
         kA, ka, kB = jax.random.split(key, 3)

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from typing import ClassVar
 
 __all__ = ["Integrator", "Euler", "RK4", "INTEGRATORS"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Integrator(abc.ABC):
-    """Interface: ``step(f, z, θ, h) = Ψ_h(z, θ)``; ``order`` is the global order."""
+    """Interface: ``step(f, z, θ, h) = Ψ_h(z, θ)``; ``order`` is the global order.
+
+    ``layout_free``: the step only adds and scales ``z`` and evaluations of ``f``, so it works
+    on states in any layout given an ``f`` for that layout (the scans then call it with
+    :meth:`~controlnet.dynamics.VectorField.feature_major`). Integrators that index the state
+    (splitting into halves) leave it ``False``.
+    """
 
     order: int = dataclasses.field(init=False, default=0)
+    layout_free: ClassVar[bool] = False
 
     @abc.abstractmethod
     def step(self, f, z, theta, h):
@@ -28,6 +36,7 @@ class Euler(Integrator):
     """Forward Euler, ``Ψ_h(z, θ) = z + h f(z, θ)``: exactly a ResNet block. Order 1."""
 
     order: int = dataclasses.field(init=False, default=1)
+    layout_free: ClassVar[bool] = True
 
     def step(self, f, z, theta, h):
         return z + h * f(z, theta)
@@ -42,6 +51,7 @@ class RK4(Integrator):
     """
 
     order: int = dataclasses.field(init=False, default=4)
+    layout_free: ClassVar[bool] = True
 
     def step(self, f, z, theta, h):
         k1 = f(z, theta)

@@ -14,6 +14,7 @@ ResNet (a homeomorphism for ``h Lip(f) < 1``), the MLP layer can fold or collaps
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from .integrators import INTEGRATORS, Integrator
 
@@ -25,6 +26,7 @@ class NoResidual(Integrator):
     """``Ψ_h(z, θ) = f(z, θ)``: the layer *is* the vector field's map (an MLP layer); ``h`` unused."""
 
     order: int = dataclasses.field(init=False, default=0)
+    layout_free: ClassVar[bool] = True
 
     def step(self, f, z, theta, h):
         return f(z, theta)

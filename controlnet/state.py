@@ -18,7 +18,14 @@ __all__ = ["forward", "final_state"]
 
 
 def step_fm(problem, zT, theta):
-    """``Ψ_h(z, θ)`` on feature-major states ``zT (d, S)``: ``problem.step`` vmapped over samples."""
+    """``Ψ_h(z, θ)`` on feature-major states ``zT (d, S)``.
+
+    With a layout-free integrator (Euler, RK4, ...) the step runs on ``zT`` directly with the
+    field's :meth:`~controlnet.dynamics.VectorField.feature_major`; otherwise ``problem.step``
+    is vmapped over the samples.
+    """
+    if problem.integrator.layout_free:
+        return problem.integrator.step(problem.dynamics.feature_major, zT, theta, problem.h)
     return jax.vmap(problem.step, in_axes=(1, None), out_axes=1)(zT, theta)
 
 

@@ -228,3 +228,14 @@ def test_zero_weight_terms_cost_nothing_and_are_static():
     # A problem flattened and rebuilt inside jit keeps its structure.
     leaves, tree = jax.tree_util.tree_flatten(p1)
     assert jax.tree_util.tree_unflatten(tree, leaves).terms == p1.terms
+
+
+@pytest.mark.parametrize("field", list(FIELDS))
+def test_feature_major_field_equals_the_per_sample_formula(field):
+    """``f.feature_major(zᵀ) = f(z)ᵀ``: the scans' (d, S) layout computes the same field."""
+    f = FIELDS[field]
+    theta = f.init(jax.random.PRNGKey(0), 3)
+    z = jax.random.normal(jax.random.PRNGKey(1), (7, 3))
+    np.testing.assert_allclose(f.feature_major(z.T, theta), f(z, theta).T, rtol=1e-14, atol=1e-15)
+    # The default (a vmap of __call__) agrees too.
+    np.testing.assert_allclose(cn.VectorField.feature_major(f, z.T, theta), f(z, theta).T, rtol=1e-14, atol=1e-15)
