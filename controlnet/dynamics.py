@@ -24,10 +24,6 @@ __all__ = [
 ]
 
 
-def _check_activation(name):
-    activation(name)
-
-
 @dataclasses.dataclass(frozen=True)
 class VectorField(abc.ABC):
     """Interface: ``f(z, θ)`` for a batch ``z`` of shape ``(..., d)``."""
@@ -66,7 +62,7 @@ class InnerActivation(VectorField):
     activation: str = "tanh"
 
     def __post_init__(self):
-        _check_activation(self.activation)
+        activation(self.activation)  # raises for an unknown name
 
     def __call__(self, z, theta):
         return activation(self.activation)(z @ theta["W"].T + theta["b"])
@@ -85,7 +81,7 @@ class OuterActivation(VectorField):
     activation: str = "tanh"
 
     def __post_init__(self):
-        _check_activation(self.activation)
+        activation(self.activation)  # raises for an unknown name
 
     def __call__(self, z, theta):
         return activation(self.activation)(z) @ theta["W"].T + theta["b"]
@@ -105,7 +101,7 @@ class TwoLayer(VectorField):
     activation: str = "tanh"
 
     def __post_init__(self):
-        _check_activation(self.activation)
+        activation(self.activation)  # raises for an unknown name
         if not isinstance(self.width, int) or self.width < 1:
             raise ValueError(f"TwoLayer width must be a positive integer, got {self.width!r}")
 

@@ -103,7 +103,6 @@ def maximize_exactly(problem, data, rho):
                          "l1 or use the optax inner maximizer (inner='optax')")
     structure = _structure(problem)
     _layer_functions(structure)  # build (and cache) outside the callback
-    names = ("h",) + _WEIGHTS
 
     def solve(z, zn, pn, tg, theta, h, rho_, *weights):
         _, nlp, m = _layer_functions(structure)
@@ -120,6 +119,6 @@ def maximize_exactly(problem, data, rho):
         return {k: new[k].astype(np.asarray(theta[k]).dtype) for k in theta}
 
     shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data.theta)
-    weights = [getattr(problem, n) for n in names[1:]]
+    weights = [getattr(problem, n) for n in _WEIGHTS]
     return jax.pure_callback(solve, shapes, data.z, data.z_next, data.p_next, data.target,
                              data.theta, problem.h, rho, *weights)
