@@ -6,16 +6,29 @@
     ∇_w J     = ∇_w Φ(z_N, w) − Σ_k ∇_w H_k(z_k, p_{k+1}, θ_k)
 
 ``p_{N,i} = −(1/S)∇ℓ_i``: the co-states of the batch-*summed* Hamiltonian, so that the
-identities above hold exactly. One ``jax.grad`` of ``H_k`` per layer gives ``p_k`` and
-``∇_θ H_k`` together, so the backward pass costs about one forward pass.
+identities above hold exactly.
 
-Like the forward pass (:mod:`controlnet.state`), the backward scan carries states and co-states
+How ``∇H_k`` is computed. ``H_k = p·Ψ_h(z_k, θ_k) − h R(θ_k) − h L(z_k, w)`` is linear in ``p``,
+so its gradients are the pull-back of ``p_{k+1}`` through the layer's linearization plus the
+running costs' gradients:
+
+    ∇_z H_k = J_zΨ_kᵀ p_{k+1} − h ∇_z L(z_k, w),    ∇_θ H_k = J_θΨ_kᵀ p_{k+1} − h ∇R(θ_k),
+    ∇_w H_k = −h ∇_w L(z_k, w).
+
+The linearization of every layer (``jax.vjp`` of ``(z, θ, w) ↦ (Ψ_h(z, θ), L(z, w))``) is taken
+during the forward pass and kept, so the backward pass evaluates no vector field again: it costs
+one pull-back per layer, as reverse-mode autodiff through the scan would. ``∇R`` is evaluated for
+all layers at once, outside the scan. When the states are given (:func:`backward`), the
+linearizations are taken from them, all layers at once.
+
+Like the forward pass (:mod:`controlnet.state`), the scans carry states and co-states
 feature-major, ``(d, S)``; the public arrays are ``(N+1, S, d)``.
 
-Memory. :func:`gradient` keeps all states and co-states, ``2 (N+1) S d`` numbers.
-:func:`value_and_gradient` keeps no co-state trajectory, and with ``block=B`` only the states at
-the start of every block of ``B`` layers: the backward pass recomputes a block's states from its
-first one (checkpointing), so memory is ``O((N/B + B) S d)`` for one extra forward pass.
+Memory. :func:`gradient` keeps all states and co-states, ``2 (N+1) S d`` numbers, and the
+linearizations. :func:`value_and_gradient` keeps no co-state trajectory, and with ``block=B``
+linearizations only inside one block of ``B`` layers at a time: the forward pass keeps the states
+at the start of every block, the backward pass recomputes a block's linearizations from its first
+state (checkpointing), so memory is ``O((N/B + B) S d)`` for one extra forward pass.
 """
 
 from __future__ import annotations
@@ -23,10 +36,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .problem import Controls, _cost_from_states
-from .state import final_fm, forward, states_fm, step_fm
+from .problem import Controls
+from .state import final_fm, forward, step_fm
 
 __all__ = ["terminal_costate", "backward", "costates", "gradient", "value_and_gradient"]
+
+_tree_map = jax.tree_util.tree_map
 
 
 def terminal_costate(problem, zN, w):
@@ -34,34 +49,93 @@ def terminal_costate(problem, zN, w):
     return -jax.grad(problem.terminal)(zN, w)
 
 
-def _hamiltonian_fm(problem, zT, pT, theta, w):
-    """:func:`controlnet.hamiltonian` on feature-major ``zT, pT (d, S)``: the same formula,
-    ``Σ_i p_i·Ψ_h(z_i, θ) − h R(θ) − h L(z, w)``."""
-    h = problem.h
-    return (
-        jnp.sum(pT * step_fm(problem, zT, theta))
-        - h * problem.running(theta)
-        - h * problem.tracking_cost(zT.T, w)
-    )
+def _tracking(problem):
+    return "tracking" in problem.terms
 
 
-_grad_H_fm = jax.grad(_hamiltonian_fm, argnums=(1, 3, 4))
+def _linearize(problem, zT, theta, w):
+    """One layer at feature-major ``zT (d, S)``: ``(z_{k+1}, L(z_k, w), pull-back)``.
+
+    The pull-back maps ``p_{k+1}`` to ``(J_zΨᵀp − h∇_zL, J_θΨᵀp, −h∇_wL)`` (the last ``None``
+    without tracking): :func:`_pull` applies it.
+    """
+    if _tracking(problem):
+        (z_next, L), vjp = jax.vjp(
+            lambda z, th, w: (step_fm(problem, z, th), problem.tracking_cost(z.T, w)), zT, theta, w)
+        return z_next, L, vjp
+    z_next, vjp = jax.vjp(lambda z, th: step_fm(problem, z, th), zT, theta)
+    return z_next, jnp.zeros((), zT.dtype), vjp
 
 
-def _backward_fm(problem, theta, w, zsT, pNT, keep_costates):
-    """Reverse scan of the co-state equation over the layers of ``zsT (n+1, d, S)``.
+def _pull(problem, vjp, p_next):
+    """``(∇_z H_k, J_θΨ_kᵀ p_{k+1}, ∇_w H_k or None)`` from a layer's pull-back."""
+    if _tracking(problem):
+        return vjp((p_next, -problem.h))
+    return (*vjp(p_next), None)
 
-    Returns ``(ps or p_0, ∇_θ H_k per layer, Σ_k ∇_w H_k)``; ``ps`` is ``(n, d, S)`` (``p_0..p_{n−1}``).
+
+def _linearize_scan(problem, theta, w, z0T):
+    """Forward over the layers keeping their linearizations: ``(z_n, Σ_k L_k, pull-backs)``."""
+
+    def layer(z, th):
+        z_next, L, vjp = _linearize(problem, z, th, w)
+        return z_next, (L, vjp)
+
+    zN, (Ls, vjps) = jax.lax.scan(layer, z0T, theta)
+    return zN, jnp.sum(Ls), vjps
+
+
+def _backward_scan(problem, vjps, pT, keep_costates):
+    """Reverse scan ``p_k = ∇_z H_k`` through kept pull-backs, from ``pT = p_n (d, S)``.
+
+    Returns ``(ps (n, d, S) or p_0, J_θΨ_kᵀ p_{k+1} per layer, Σ_k ∇_w H_k or None)``.
     """
 
-    def layer(p_next, inputs):
-        z, th = inputs
-        p, g_th, g_w = _grad_H_fm(problem, z, p_next, th, w)
+    def layer(p_next, vjp):
+        p, g_th, g_w = _pull(problem, vjp, p_next)
         return p, ((p if keep_costates else None), g_th, g_w)
 
-    p0, (ps, g_theta, g_w) = jax.lax.scan(layer, pNT, (zsT[:-1], theta), reverse=True)
-    g_w = jax.tree_util.tree_map(lambda g: g.sum(axis=0), g_w)
-    return (ps if keep_costates else p0), g_theta, g_w
+    p0, (ps, g_th, g_w) = jax.lax.scan(layer, pT, vjps, reverse=True)
+    g_w = None if g_w is None else _tree_map(lambda g: g.sum(axis=0), g_w)
+    return (ps if keep_costates else p0), g_th, g_w
+
+
+def _layer_gradients(problem, theta, w, pulled_th, pulled_w):
+    """``(Σ_k R(θ_k), ∇_θ H_k per layer, Σ_k ∇_w H_k)`` from the pulled-back parts.
+
+    ``∇_θ H_k = J_θΨ_kᵀ p_{k+1} − h ∇R(θ_k)``, with ``∇R`` of all layers at once.
+    """
+    g_w = _tree_map(jnp.zeros_like, w) if pulled_w is None else pulled_w
+    if not problem.terms & {"l2", "l1"}:
+        return 0.0, pulled_th, g_w
+    R, dR = jax.vmap(jax.value_and_grad(problem.running))(theta)
+    return jnp.sum(R), _tree_map(lambda a, b: a - problem.h * b, pulled_th, dR), g_w
+
+
+def _assemble(problem, controls, g_theta, g_w, dphi_dw):
+    """``∇J`` from the Hamiltonian gradients (module doc), plus the coupling term."""
+    grad_theta = _tree_map(lambda g: -g, g_theta)
+    if "smoothness" in problem.terms:
+        grad_theta = _tree_map(lambda a, b: a + b, grad_theta, jax.grad(problem.coupling)(controls.theta))
+    return Controls(grad_theta, _tree_map(lambda a, b: a - b, dphi_dw, g_w))
+
+
+def _terminal(problem, zN, w):
+    """``(Φ(z_N, w), p_N = −∇_zΦ, ∇_wΦ)`` from one gradient evaluation."""
+    phi, (dz, dw) = jax.value_and_grad(problem.terminal, argnums=(0, 1))(zN, w)
+    return phi, -dz, dw
+
+
+def _objective(problem, theta, phi, run, track):
+    """``J = Φ + h Σ_k (R(θ_k) + L(z_k, w)) + coupling``."""
+    return phi + problem.h * (run + track) + problem.coupling(theta)
+
+
+def _linearize_states(problem, zs, theta, w):
+    """The linearizations of all layers at given states ``zs (N+1, S, d)``, all at once:
+    ``(Σ_k L_k, pull-backs)``."""
+    _, Ls, vjps = jax.vmap(lambda z, th: _linearize(problem, z, th, w))(jnp.swapaxes(zs[:-1], 1, 2), theta)
+    return jnp.sum(Ls), vjps
 
 
 def backward(problem, controls, zs):
@@ -70,11 +144,12 @@ def backward(problem, controls, zs):
     Returns ``(ps, g_theta, g_w)``: ``ps`` of shape ``(N+1, S, d)``, ``g_theta = ∇_θ H_k`` per
     layer (leading axis ``N``) and ``g_w = Σ_k ∇_w H_k``.
     """
-    w = controls.w
+    theta, w = controls.theta, controls.w
     pN = terminal_costate(problem, zs[-1], w)
-    psT, g_theta, g_w = _backward_fm(problem, controls.theta, w, jnp.swapaxes(zs, 1, 2), pN.T, True)
+    _, vjps = _linearize_states(problem, zs, theta, w)
+    psT, pulled_th, pulled_w = _backward_scan(problem, vjps, pN.T, True)
     ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
-    return ps, g_theta, g_w
+    return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w)[1:])
 
 
 def costates(problem, controls, zs=None):
@@ -83,31 +158,21 @@ def costates(problem, controls, zs=None):
     return backward(problem, controls, zs)[0]
 
 
-def _assemble(problem, controls, g_theta, g_w, zN):
-    """``∇J`` from the Hamiltonian gradients (module doc), plus the coupling term."""
-    grad_theta = jax.tree_util.tree_map(lambda g: -g, g_theta)
-    if "smoothness" in problem.terms:
-        d_coupling = jax.grad(problem.coupling)(controls.theta)
-        grad_theta = jax.tree_util.tree_map(lambda a, b: a + b, grad_theta, d_coupling)
-    dPhi_dw = jax.grad(problem.terminal, argnums=1)(zN, controls.w)
-    grad_w = jax.tree_util.tree_map(lambda a, b: a - b, dPhi_dw, g_w)
-    return Controls(grad_theta, grad_w)
-
-
 def gradient(problem, controls):
     """``(J, ∇J, zs, ps)``: the objective and its gradient by the adjoint method.
 
     ``∇J`` is a :class:`Controls`; it equals ``jax.grad`` of :func:`controlnet.objective` to
     round-off (tested in float64).
     """
-    w = controls.w
-    zsT = states_fm(problem, controls.theta, problem.z0().T)
-    zs = jnp.swapaxes(zsT, 1, 2)
-    pN = terminal_costate(problem, zs[-1], w)
-    psT, g_theta, g_w = _backward_fm(problem, controls.theta, w, zsT, pN.T, True)
+    theta, w = controls.theta, controls.w
+    zs = forward(problem, theta)
+    phi, pN, dphi_dw = _terminal(problem, zs[-1], w)
+    track, vjps = _linearize_states(problem, zs, theta, w)
+    psT, pulled_th, pulled_w = _backward_scan(problem, vjps, pN.T, True)
     ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
-    J = _cost_from_states(problem, controls, zs)
-    return J, _assemble(problem, controls, g_theta, g_w, zs[-1]), zs, ps
+    run, g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
+    J = _objective(problem, theta, phi, run, track)
+    return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zs, ps
 
 
 def _blocks(N, block):
@@ -124,37 +189,37 @@ def _blocks(N, block):
 def value_and_gradient(problem, controls, *, block=None):
     """``(J, ∇J, z_N)`` by the adjoint method, keeping no co-state trajectory.
 
-    With ``block=B`` (a divisor of ``N``) only ``z_0, z_B, z_{2B}, …`` are kept from the forward
-    pass; the backward pass recomputes each block's states from its first one. Memory
+    Without ``block`` the forward pass keeps every layer's linearization and the backward pass
+    only pulls co-states back through them: the cost of reverse-mode autodiff, no field evaluated
+    twice. With ``block=B`` (a divisor of ``N``) only ``z_0, z_B, z_{2B}, …`` are kept from the
+    forward pass; the backward pass re-linearizes each block from its first state. Memory
     ``O((N/B + B) S d)`` instead of ``O(N S d)``, for one extra forward pass; ``B ≈ √N`` is the
     smallest. The result equals :func:`gradient` to round-off (tested).
     """
     nb, B = _blocks(problem.N, block)
-    w = controls.w
-    h = problem.h
-    theta_b = jax.tree_util.tree_map(lambda a: a.reshape((nb, B) + a.shape[1:]), controls.theta)
-    tracking = "tracking" in problem.terms
+    theta, w = controls.theta, controls.w
+    z0T = problem.z0().T
+    if block is None:
+        zNT, track, vjps = _linearize_scan(problem, theta, w, z0T)
+        zN = zNT.T
+        phi, pN, dphi_dw = _terminal(problem, zN, w)
+        _, pulled_th, pulled_w = _backward_scan(problem, vjps, pN.T, False)
+    else:
+        theta_b = _tree_map(lambda a: a.reshape((nb, B) + a.shape[1:]), theta)
+        zNT, starts = jax.lax.scan(lambda z, th: (final_fm(problem, th, z), z), z0T, theta_b)
+        zN = zNT.T
+        phi, pN, dphi_dw = _terminal(problem, zN, w)
 
-    def fwd_block(z, th):
-        if tracking:
-            zsT = states_fm(problem, th, z)
-            track = jnp.sum(jax.vmap(lambda zt: problem.tracking_cost(zt.T, w))(zsT[:-1]))
-            return zsT[-1], (z, track)
-        return final_fm(problem, th, z), (z, 0.0)
+        def bwd_block(p_next, inputs):
+            z_start, th = inputs
+            _, L, vjps = _linearize_scan(problem, th, w, z_start)
+            p, g_th, g_w = _backward_scan(problem, vjps, p_next, False)
+            return p, (g_th, g_w, L)
 
-    zNT, (starts, track) = jax.lax.scan(fwd_block, problem.z0().T, theta_b)
-    zN = zNT.T
-    pN = terminal_costate(problem, zN, w)
-
-    def bwd_block(p_next, inputs):
-        z_start, th = inputs
-        zsT = states_fm(problem, th, z_start)
-        p, g_th, g_w = _backward_fm(problem, th, w, zsT, p_next, False)
-        return p, (g_th, g_w)
-
-    _, (g_theta, g_w) = jax.lax.scan(bwd_block, pN.T, (starts, theta_b), reverse=True)
-    g_theta = jax.tree_util.tree_map(lambda a: a.reshape((nb * B,) + a.shape[2:]), g_theta)
-    g_w = jax.tree_util.tree_map(lambda g: g.sum(axis=0), g_w)
-    run = jnp.sum(jax.vmap(problem.running)(controls.theta)) if problem.terms & {"l2", "l1"} else 0.0
-    J = problem.terminal(zN, w) + h * (run + jnp.sum(track)) + problem.coupling(controls.theta)
-    return J, _assemble(problem, controls, g_theta, g_w, zN), zN
+        _, (pulled_th, pulled_w, Ls) = jax.lax.scan(bwd_block, pN.T, (starts, theta_b), reverse=True)
+        pulled_th = _tree_map(lambda a: a.reshape((nb * B,) + a.shape[2:]), pulled_th)
+        pulled_w = None if pulled_w is None else _tree_map(lambda g: g.sum(axis=0), pulled_w)
+        track = jnp.sum(Ls)
+    run, g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
+    J = _objective(problem, theta, phi, run, track)
+    return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zN

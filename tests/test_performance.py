@@ -1,6 +1,7 @@
 """The fast paths compute the same mathematics, and iterating never recompiles.
 
-- the feature-major Hamiltonian used inside the backward scan is :func:`controlnet.hamiltonian`;
+- the layer pull-back the backward scan uses (``J_zΨᵀp − h∇_zL``, ``J_θΨᵀp``, ``−h∇_wL``, plus
+  ``−h∇R``) is the gradient of :func:`controlnet.hamiltonian`;
 - ``value_and_gradient`` (no co-state trajectory) and its checkpointed form (``block=B``: states
   kept every ``B`` layers, recomputed in the backward pass) equal :func:`controlnet.gradient`
   and ``jax.grad`` of the objective, for every running-cost term, in float64;
@@ -17,7 +18,7 @@ import pytest
 
 import controlnet as cn
 import solvers
-from controlnet.adjoint import _hamiltonian_fm
+from controlnet.adjoint import _linearize, _pull
 from solvers.driver import _compiled_step
 
 
@@ -41,14 +42,23 @@ def _close(a, b, rtol=1e-11, atol=1e-13):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
 
 
-def test_feature_major_hamiltonian_is_the_hamiltonian():
+def test_layer_pull_back_is_the_gradient_of_the_hamiltonian():
     p = _problem(tracking=0.3, l2=1e-2)
     c = p.init_controls(jax.random.PRNGKey(0))
     z = jax.random.normal(jax.random.PRNGKey(1), (p.S, 3))
     q = jax.random.normal(jax.random.PRNGKey(2), (p.S, 3))
     th = jax.tree_util.tree_map(lambda a: a[4], c.theta)
-    H_fm = jax.jit(lambda z, q: _hamiltonian_fm(p, z.T, q.T, th, c.w))(z, q)
-    np.testing.assert_allclose(H_fm, jax.jit(cn.hamiltonian)(p, z, q, th, c.w), rtol=1e-13)
+
+    @jax.jit
+    def pulled(z, q):
+        _, _, vjp = _linearize(p, z.T, th, c.w)
+        gz, gth, gw = _pull(p, vjp, q.T)
+        dR = jax.grad(p.running)(th)
+        return gz.T, jax.tree_util.tree_map(lambda a, b: a - p.h * b, gth, dR), gw
+
+    gz, gth, gw = pulled(z, q)
+    dz, dth, dw = jax.jit(jax.grad(cn.hamiltonian, argnums=(1, 3, 4)))(p, z, q, th, c.w)
+    _close((gz, gth, gw), (dz, dth, dw), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("terms", sorted(TERMS))
