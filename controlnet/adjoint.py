@@ -15,18 +15,21 @@ running costs' gradients:
     ∇_z H_k = J_zΨ_kᵀ p_{k+1} − h ∇_z L(z_k, w),    ∇_θ H_k = J_θΨ_kᵀ p_{k+1} − h ∇R(θ_k),
     ∇_w H_k = −h ∇_w L(z_k, w).
 
-The linearization of every layer (``jax.vjp`` of ``(z, θ, w) ↦ (Ψ_h(z, θ), L(z, w))``) is taken
-during the forward pass and kept, so the backward pass evaluates no vector field again: it costs
-one pull-back per layer, as reverse-mode autodiff through the scan would. ``∇R`` is evaluated for
-all layers at once, outside the scan. When the states are given (:func:`backward`), the
-linearizations are taken from them, all layers at once.
+The linearization of a layer is ``jax.vjp`` of ``(z, θ, w) ↦ (Ψ_h(z, θ), L(z, w))``. When the
+states are given (:func:`backward`, :func:`gradient`), each layer is linearized inside the
+backward scan, at its state, and the recursion runs layer by layer. :func:`value_and_gradient`
+needs no co-state trajectory: it takes one ``jax.vjp`` of the whole forward scan and pulls
+``(p_N, −h)`` back through it; JAX's transpose of the scan is the same recursion, run on the
+residuals the forward pass kept (no field evaluated twice, loop-invariant residuals hoisted),
+so the gradient costs what reverse-mode autodiff of a hand-written scan costs. ``∇R`` is
+evaluated for all layers at once, outside the scans.
 
 Like the forward pass (:mod:`controlnet.state`), the scans carry states and co-states
 feature-major, ``(d, S)``; the public arrays are ``(N+1, S, d)``.
 
-Memory. :func:`gradient` keeps all states and co-states, ``2 (N+1) S d`` numbers, and the
-linearizations. :func:`value_and_gradient` keeps no co-state trajectory, and with ``block=B``
-linearizations only inside one block of ``B`` layers at a time: the forward pass keeps the states
+Memory. :func:`gradient` keeps all states and co-states, ``2 (N+1) S d`` numbers.
+:func:`value_and_gradient` keeps no co-state trajectory, and with ``block=B`` residuals only
+inside one block of ``B`` layers at a time: the forward pass keeps the states
 at the start of every block, the backward pass recomputes a block's linearizations from its first
 state (checkpointing), so memory is ``O((N/B + B) S d)`` for one extra forward pass.
 """
@@ -54,17 +57,17 @@ def _tracking(problem):
 
 
 def _linearize(problem, zT, theta, w):
-    """One layer at feature-major ``zT (d, S)``: ``(z_{k+1}, L(z_k, w), pull-back)``.
+    """One layer at feature-major ``zT (d, S)``: ``(z_{k+1}, L(z_k, w) or None, pull-back)``.
 
-    The pull-back maps ``p_{k+1}`` to ``(J_zΨᵀp − h∇_zL, J_θΨᵀp, −h∇_wL)`` (the last ``None``
-    without tracking): :func:`_pull` applies it.
+    The pull-back maps ``p_{k+1}`` to ``(J_zΨᵀp − h∇_zL, J_θΨᵀp, −h∇_wL)`` (``L`` and the last
+    part ``None`` without tracking): :func:`_pull` applies it.
     """
     if _tracking(problem):
         (z_next, L), vjp = jax.vjp(
             lambda z, th, w: (step_fm(problem, z, th), problem.tracking_cost(z.T, w)), zT, theta, w)
         return z_next, L, vjp
     z_next, vjp = jax.vjp(lambda z, th: step_fm(problem, z, th), zT, theta)
-    return z_next, jnp.zeros((), zT.dtype), vjp
+    return z_next, None, vjp
 
 
 def _pull(problem, vjp, p_next):
@@ -74,30 +77,44 @@ def _pull(problem, vjp, p_next):
     return (*vjp(p_next), None)
 
 
-def _linearize_scan(problem, theta, w, z0T):
-    """Forward over the layers keeping their linearizations: ``(z_n, Σ_k L_k, pull-backs)``."""
+def _flow_vjp(problem, theta, w, z0T):
+    """The flow through the layers of ``theta`` from ``z0T (d, S)``, linearized.
 
-    def layer(z, th):
-        z_next, L, vjp = _linearize(problem, z, th, w)
-        return z_next, (L, vjp)
+    Returns ``(z_n, Σ_k L(z_k, w), pull)``; ``pull(p_n) = (p_0, J_θΨ_kᵀ p_{k+1} per layer,
+    Σ_k ∇_w H_k or None)``. It is one ``jax.vjp`` of the forward scan with cotangents
+    ``(p_n, −h)``: JAX's transpose of the scan runs the co-state recursion
+    ``p_k = J_zΨ_kᵀ p_{k+1} − h∇_z L(z_k, w)`` (the equations :func:`backward` runs layer by
+    layer) on residuals kept by the forward pass, loop-invariant ones hoisted out.
+    """
+    if _tracking(problem):
 
-    zN, (Ls, vjps) = jax.lax.scan(layer, z0T, theta)
-    return zN, jnp.sum(Ls), vjps
+        def flow(z0, th, w):
+            def layer(z, t):
+                return step_fm(problem, z, t), problem.tracking_cost(z.T, w)
+
+            z_n, Ls = jax.lax.scan(layer, z0, th)
+            return z_n, jnp.sum(Ls)
+
+        (z_n, track), vjp = jax.vjp(flow, z0T, theta, w)
+        return z_n, track, lambda p: vjp((p, -problem.h))
+    z_n, vjp = jax.vjp(lambda z0, th: final_fm(problem, th, z0), z0T, theta)
+    return z_n, 0.0, lambda p: (*vjp(p), None)
 
 
-def _backward_scan(problem, vjps, pT, keep_costates):
-    """Reverse scan ``p_k = ∇_z H_k`` through kept pull-backs, from ``pT = p_n (d, S)``.
+def _backward_scan(problem, zsT, theta, w, pT):
+    """Reverse scan ``p_k = ∇_z H_k`` from ``pT = p_N (d, S)``, each layer linearized at its
+    state ``zsT[k] (d, S)`` inside the scan.
 
-    Returns ``(ps (n, d, S) or p_0, J_θΨ_kᵀ p_{k+1} per layer, Σ_k ∇_w H_k or None)``.
+    Returns ``(ps (N, d, S), J_θΨ_kᵀ p_{k+1} per layer, Σ_k ∇_w H_k or None)``.
     """
 
-    def layer(p_next, vjp):
-        p, g_th, g_w = _pull(problem, vjp, p_next)
-        return p, ((p if keep_costates else None), g_th, g_w)
+    def layer(p_next, x):
+        p, g_th, g_w = _pull(problem, _linearize(problem, *x, w)[2], p_next)
+        return p, (p, g_th, g_w)
 
-    p0, (ps, g_th, g_w) = jax.lax.scan(layer, pT, vjps, reverse=True)
+    _, (ps, g_th, g_w) = jax.lax.scan(layer, pT, (zsT, theta), reverse=True)
     g_w = None if g_w is None else _tree_map(lambda g: g.sum(axis=0), g_w)
-    return (ps if keep_costates else p0), g_th, g_w
+    return ps, g_th, g_w
 
 
 def _layer_gradients(problem, theta, w, pulled_th, pulled_w):
@@ -131,13 +148,6 @@ def _objective(problem, theta, phi, run, track):
     return phi + problem.h * (run + track) + problem.coupling(theta)
 
 
-def _linearize_states(problem, zs, theta, w):
-    """The linearizations of all layers at given states ``zs (N+1, S, d)``, all at once:
-    ``(Σ_k L_k, pull-backs)``."""
-    _, Ls, vjps = jax.vmap(lambda z, th: _linearize(problem, z, th, w))(jnp.swapaxes(zs[:-1], 1, 2), theta)
-    return jnp.sum(Ls), vjps
-
-
 def backward(problem, controls, zs):
     """Co-states and the layers' Hamiltonian gradients from the states ``zs (N+1, S, d)``.
 
@@ -146,8 +156,7 @@ def backward(problem, controls, zs):
     """
     theta, w = controls.theta, controls.w
     pN = terminal_costate(problem, zs[-1], w)
-    _, vjps = _linearize_states(problem, zs, theta, w)
-    psT, pulled_th, pulled_w = _backward_scan(problem, vjps, pN.T, True)
+    psT, pulled_th, pulled_w = _backward_scan(problem, jnp.swapaxes(zs[:-1], 1, 2), theta, w, pN.T)
     ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
     return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w)[1:])
 
@@ -167,10 +176,10 @@ def gradient(problem, controls):
     theta, w = controls.theta, controls.w
     zs = forward(problem, theta)
     phi, pN, dphi_dw = _terminal(problem, zs[-1], w)
-    track, vjps = _linearize_states(problem, zs, theta, w)
-    psT, pulled_th, pulled_w = _backward_scan(problem, vjps, pN.T, True)
+    psT, pulled_th, pulled_w = _backward_scan(problem, jnp.swapaxes(zs[:-1], 1, 2), theta, w, pN.T)
     ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
     run, g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
+    track = jnp.sum(jax.vmap(problem.tracking_cost, in_axes=(0, None))(zs[:-1], w)) if _tracking(problem) else 0.0
     J = _objective(problem, theta, phi, run, track)
     return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zs, ps
 
@@ -189,10 +198,11 @@ def _blocks(N, block):
 def value_and_gradient(problem, controls, *, block=None):
     """``(J, ∇J, z_N)`` by the adjoint method, keeping no co-state trajectory.
 
-    Without ``block`` the forward pass keeps every layer's linearization and the backward pass
-    only pulls co-states back through them: the cost of reverse-mode autodiff, no field evaluated
-    twice. With ``block=B`` (a divisor of ``N``) only ``z_0, z_B, z_{2B}, …`` are kept from the
-    forward pass; the backward pass re-linearizes each block from its first state. Memory
+    Without ``block`` the forward pass keeps the layers' linearizations and the backward pass
+    only pulls co-states back through them (:func:`_flow_vjp`): the cost of reverse-mode
+    autodiff, no field evaluated twice. With ``block=B`` (a divisor of ``N``) only
+    ``z_0, z_B, z_{2B}, …`` are kept from the forward pass; the backward pass re-linearizes each
+    block from its first state. Memory
     ``O((N/B + B) S d)`` instead of ``O(N S d)``, for one extra forward pass; ``B ≈ √N`` is the
     smallest. The result equals :func:`gradient` to round-off (tested).
     """
@@ -200,10 +210,10 @@ def value_and_gradient(problem, controls, *, block=None):
     theta, w = controls.theta, controls.w
     z0T = problem.z0().T
     if block is None:
-        zNT, track, vjps = _linearize_scan(problem, theta, w, z0T)
+        zNT, track, pull = _flow_vjp(problem, theta, w, z0T)
         zN = zNT.T
         phi, pN, dphi_dw = _terminal(problem, zN, w)
-        _, pulled_th, pulled_w = _backward_scan(problem, vjps, pN.T, False)
+        _, pulled_th, pulled_w = pull(pN.T)
     else:
         theta_b = _tree_map(lambda a: a.reshape((nb, B) + a.shape[1:]), theta)
         zNT, starts = jax.lax.scan(lambda z, th: (final_fm(problem, th, z), z), z0T, theta_b)
@@ -212,14 +222,14 @@ def value_and_gradient(problem, controls, *, block=None):
 
         def bwd_block(p_next, inputs):
             z_start, th = inputs
-            _, L, vjps = _linearize_scan(problem, th, w, z_start)
-            p, g_th, g_w = _backward_scan(problem, vjps, p_next, False)
-            return p, (g_th, g_w, L)
+            _, track, pull = _flow_vjp(problem, th, w, z_start)
+            p, g_th, g_w = pull(p_next)
+            return p, (g_th, g_w, track)
 
-        _, (pulled_th, pulled_w, Ls) = jax.lax.scan(bwd_block, pN.T, (starts, theta_b), reverse=True)
+        _, (pulled_th, pulled_w, tracks) = jax.lax.scan(bwd_block, pN.T, (starts, theta_b), reverse=True)
         pulled_th = _tree_map(lambda a: a.reshape((nb * B,) + a.shape[2:]), pulled_th)
         pulled_w = None if pulled_w is None else _tree_map(lambda g: g.sum(axis=0), pulled_w)
-        track = jnp.sum(Ls)
+        track = jnp.sum(tracks)
     run, g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
     J = _objective(problem, theta, phi, run, track)
     return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zN

@@ -77,8 +77,10 @@ class GradientDescent:
         return J, g, zs[-1]
 
     def step(self, problem, state):
-        key, sub = jax.random.split(state.key)
-        batch = minibatch(problem, sub, self.batch_size)
+        key, batch = state.key, problem
+        if self.batch_size is not None:  # the key is spent only on minibatches
+            key, sub = jax.random.split(state.key)
+            batch = minibatch(problem, sub, self.batch_size)
         J, g, zN = self.value_and_grad(batch, state.controls)
         updates, opt_state = self.optimizer.update(g, state.opt_state, state.controls)
         controls = optax.apply_updates(state.controls, updates)
