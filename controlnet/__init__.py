@@ -19,7 +19,7 @@ from .structured import (
 )
 from . import architecture
 from .lift import lift
-from .problem import ControlProblem, Controls, metrics, objective
+from .problem import ControlProblem, Controls, metrics, objective, objective_value
 from .readout import init_readout, readout
 from .state import final_state, forward
 

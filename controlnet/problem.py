@@ -29,7 +29,7 @@ from .dynamics import VectorField
 from .integrators import Integrator
 from .lift import lift
 from .readout import init_readout, readout
-from .state import forward
+from .state import final_state, forward
 
 __all__ = ["Controls", "ControlProblem", "objective", "metrics"]
 
@@ -228,6 +228,15 @@ def objective(problem: ControlProblem, controls: Controls):
     """``J(θ, w)`` (module doc) together with the states ``z_k``, shape ``(N+1, S, d)``."""
     zs = forward(problem, controls.theta)
     return _cost_from_states(problem, controls, zs), zs
+
+
+def objective_value(problem: ControlProblem, controls: Controls):
+    """``J(θ, w)`` alone. Without tracking only ``z_N`` is computed: no trajectory is kept."""
+    if "tracking" in problem.terms:
+        return objective(problem, controls)[0]
+    zN = final_state(problem, controls.theta)
+    run = jnp.sum(jax.vmap(problem.running)(controls.theta)) if problem.terms & {"l2", "l1"} else 0.0
+    return problem.terminal(zN, controls.w) + problem.h * run + problem.coupling(controls.theta)
 
 
 def _cost_from_states(problem, controls, zs):

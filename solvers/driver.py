@@ -32,6 +32,8 @@ import numpy as np
 
 import controlnet as cn
 
+from .sharding import to_host
+
 __all__ = ["solve", "evaluate"]
 
 
@@ -94,7 +96,8 @@ def solve(
         callback: ``callback(iteration, info)`` after every iteration (host floats).
         checkpoint: a file to write the whole solver state to (see :mod:`controlnet.io`):
             every ``checkpoint_every`` iterations, on interruption and at the end (not after a
-            divergence: the last periodic checkpoint stays).
+            divergence: the last periodic checkpoint stays). In a multi-process run (after
+            ``jax.distributed.initialize()``) only process 0 writes it.
         resume: a checkpoint file to continue from; ``controls`` and ``key`` then only fix the
             state's structure. The run continues the same history as an uninterrupted one (the
             same compiled step on the same state), bit for bit on the same machine.
@@ -149,6 +152,8 @@ def solve(
         history = {k: [float(x) for x in v] for k, v in ck.history.items()}
 
     def save(st, n):
+        if jax.process_index() != 0:  # several processes (jax.distributed): one writer
+            return
         meta = {"solver": solver_name, "problem": fingerprint, **(checkpoint_meta or {})}
         cn.io.save_checkpoint(checkpoint, st, iteration=n, history=history, meta=meta)
 
@@ -172,6 +177,7 @@ def solve(
                     break
                 t = time.perf_counter()
                 new_state, info, finite = step(problem, state)
+                info, finite = jax.device_get((info, finite))  # one transfer for all numbers
                 info = {k: float(v) for k, v in info.items()}
                 finite = bool(finite)
                 info["time"] = time.perf_counter() - t
@@ -257,7 +263,7 @@ def _fingerprint(problem) -> dict:
 
     h = hashlib.sha256()
     for a in (problem.x, problem.y):
-        a = np.ascontiguousarray(np.asarray(a))
+        a = np.ascontiguousarray(to_host(a))  # a multi-process run hashes the global data
         h.update(str((a.dtype, a.shape)).encode())
         h.update(a.tobytes())
     return json.loads(json.dumps({**problem.describe(), "data_sha256": h.hexdigest()}))

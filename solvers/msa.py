@@ -334,17 +334,23 @@ def _maximize(problem, data, rho, optimizer, steps, method, start):
     def pick(ok, a, b):
         return jax.tree_util.tree_map(lambda x, y: jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
 
-    def body(_, carry):
+    def value(th):  # the last step needs no gradient at its candidate
+        sums = _residual_sums(data, *residuals(problem, data, th, method))
+        return _sample_part(sums, rho) + _params_part(problem, data, th), None, sums
+
+    def body(carry, evaluate=vg):
         theta, v, g, sums, eta, opt_state = carry
         updates, opt_state = optimizer.update(jax.tree_util.tree_map(jnp.negative, g), opt_state, theta)
         cand = optax.apply_updates(theta, scale(updates, eta))
-        vc, gc, sc = vg(cand)
+        vc, gc, sc = evaluate(cand)
         ok = vc >= v
         eta = jnp.where(ok, jnp.minimum(1.5 * eta, 1.0), 0.5 * eta)
-        return pick(ok, cand, theta), jnp.where(ok, vc, v), pick(ok, gc, g), pick(ok, sc, sums), eta, opt_state
+        g = g if gc is None else pick(ok, gc, g)
+        return pick(ok, cand, theta), jnp.where(ok, vc, v), g, pick(ok, sc, sums), eta, opt_state
 
     carry = (data.theta, v0, g0, sums0, eta0, optimizer.init(data.theta))
-    theta, _, _, sums, _, _ = jax.lax.fori_loop(0, steps, body, carry)
+    carry = jax.lax.fori_loop(0, steps - 1, lambda _, c: body(c), carry)
+    theta, _, _, sums, _, _ = body(carry, value)
     return theta, sums
 
 
@@ -457,7 +463,7 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     if adapt is not None:
         up, down, rho_min = adapt
         J_ref = cn.metrics(batch, c, zs)["loss"]  # J(θ^j, w^{j+1}) for Newton, else J(θ^j, w^j)
-        J_new = cn.objective(batch, cn.Controls(theta, w))[0]
+        J_new = cn.objective_value(batch, cn.Controls(theta, w))
         # Rounding: the same J computed twice may differ in the last bits; a tie is a success.
         tol = 64 * jnp.finfo(J_ref.dtype).eps * (1.0 + jnp.abs(J_ref))
         accept = jnp.isfinite(J_new) & (J_new <= J_ref + tol)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["DATA_AXIS", "data_mesh", "shard_problem", "replicate", "data_sharding"]
+__all__ = ["DATA_AXIS", "data_mesh", "shard_problem", "replicate", "data_sharding", "to_host"]
 
 DATA_AXIS = "data"
 
@@ -70,3 +70,14 @@ def shard_problem(problem, mesh: Mesh, axis: str = DATA_AXIS):
     data, meta = jax.tree_util.tree_flatten(sharded)
     data = [a if a is x or a is y else replicate(a, mesh) for a in data]
     return jax.tree_util.tree_unflatten(meta, data)
+
+
+def to_host(a) -> np.ndarray:
+    """The whole of ``a`` as a numpy array on this host, also when ``a`` is a global array
+    spread over other processes' devices (then gathered from all of them: every process must
+    call this together, as for any collective)."""
+    if not isinstance(a, jax.Array) or a.is_fully_addressable or a.is_fully_replicated:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
