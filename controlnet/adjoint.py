@@ -39,7 +39,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .problem import Controls
+from .problem import Controls, _cost_from_states, _total
 from .state import final_fm, forward, step_fm
 
 __all__ = ["terminal_costate", "backward", "costates", "gradient", "value_and_gradient"]
@@ -56,22 +56,19 @@ def _tracking(problem):
     return "tracking" in problem.terms
 
 
-def _linearize(problem, zT, theta, w):
-    """One layer at feature-major ``zT (d, S)``: ``(z_{k+1}, L(z_k, w) or None, pull-back)``.
-
-    The pull-back maps ``p_{k+1}`` to ``(J_zΨᵀp − h∇_zL, J_θΨᵀp, −h∇_wL)`` (``L`` and the last
-    part ``None`` without tracking): :func:`_pull` applies it.
-    """
+def _pullback(problem, zT, theta, w):
+    """One layer's pull-back at feature-major ``zT (d, S)``: ``jax.vjp`` of
+    ``(z, θ, w) ↦ (Ψ_h(z, θ), L(z, w))`` (of ``(z, θ) ↦ Ψ_h(z, θ)`` without tracking);
+    :func:`_pull` applies it."""
     if _tracking(problem):
-        (z_next, L), vjp = jax.vjp(
-            lambda z, th, w: (step_fm(problem, z, th), problem.tracking_cost(z.T, w)), zT, theta, w)
-        return z_next, L, vjp
-    z_next, vjp = jax.vjp(lambda z, th: step_fm(problem, z, th), zT, theta)
-    return z_next, None, vjp
+        return jax.vjp(lambda z, th, w: (step_fm(problem, z, th), problem.tracking_cost(z.T, w)),
+                       zT, theta, w)[1]
+    return jax.vjp(lambda z, th: step_fm(problem, z, th), zT, theta)[1]
 
 
 def _pull(problem, vjp, p_next):
-    """``(∇_z H_k, J_θΨ_kᵀ p_{k+1}, ∇_w H_k or None)`` from a layer's pull-back."""
+    """``(∇_z H_k, J_θΨ_kᵀ p_{k+1}, ∇_w H_k or None)`` from a layer's pull-back:
+    ``J_zΨᵀp − h∇_zL``, ``J_θΨᵀp``, ``−h∇_wL``."""
     if _tracking(problem):
         return vjp((p_next, -problem.h))
     return (*vjp(p_next), None)
@@ -109,7 +106,7 @@ def _backward_scan(problem, zsT, theta, w, pT):
     """
 
     def layer(p_next, x):
-        p, g_th, g_w = _pull(problem, _linearize(problem, *x, w)[2], p_next)
+        p, g_th, g_w = _pull(problem, _pullback(problem, *x, w), p_next)
         return p, (p, g_th, g_w)
 
     _, (ps, g_th, g_w) = jax.lax.scan(layer, pT, (zsT, theta), reverse=True)
@@ -118,15 +115,13 @@ def _backward_scan(problem, zsT, theta, w, pT):
 
 
 def _layer_gradients(problem, theta, w, pulled_th, pulled_w):
-    """``(Σ_k R(θ_k), ∇_θ H_k per layer, Σ_k ∇_w H_k)`` from the pulled-back parts.
-
-    ``∇_θ H_k = J_θΨ_kᵀ p_{k+1} − h ∇R(θ_k)``, with ``∇R`` of all layers at once.
-    """
+    """``(∇_θ H_k per layer, Σ_k ∇_w H_k)`` from the pulled-back parts:
+    ``∇_θ H_k = J_θΨ_kᵀ p_{k+1} − h ∇R(θ_k)``, with ``∇R`` of all layers at once."""
     g_w = _tree_map(jnp.zeros_like, w) if pulled_w is None else pulled_w
     if not problem.terms & {"l2", "l1"}:
-        return 0.0, pulled_th, g_w
-    R, dR = jax.vmap(jax.value_and_grad(problem.running))(theta)
-    return jnp.sum(R), _tree_map(lambda a, b: a - problem.h * b, pulled_th, dR), g_w
+        return pulled_th, g_w
+    dR = jax.vmap(jax.grad(problem.running))(theta)
+    return _tree_map(lambda a, b: a - problem.h * b, pulled_th, dR), g_w
 
 
 def _assemble(problem, controls, g_theta, g_w, dphi_dw):
@@ -143,11 +138,6 @@ def _terminal(problem, zN, w):
     return phi, -dz, dw
 
 
-def _objective(problem, theta, phi, run, track):
-    """``J = Φ + h Σ_k (R(θ_k) + L(z_k, w)) + coupling``."""
-    return phi + problem.h * (run + track) + problem.coupling(theta)
-
-
 def backward(problem, controls, zs):
     """Co-states and the layers' Hamiltonian gradients from the states ``zs (N+1, S, d)``.
 
@@ -158,7 +148,7 @@ def backward(problem, controls, zs):
     pN = terminal_costate(problem, zs[-1], w)
     psT, pulled_th, pulled_w = _backward_scan(problem, jnp.swapaxes(zs[:-1], 1, 2), theta, w, pN.T)
     ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
-    return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w)[1:])
+    return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w))
 
 
 def costates(problem, controls, zs=None):
@@ -175,12 +165,11 @@ def gradient(problem, controls):
     """
     theta, w = controls.theta, controls.w
     zs = forward(problem, theta)
-    phi, pN, dphi_dw = _terminal(problem, zs[-1], w)
+    _, pN, dphi_dw = _terminal(problem, zs[-1], w)
     psT, pulled_th, pulled_w = _backward_scan(problem, jnp.swapaxes(zs[:-1], 1, 2), theta, w, pN.T)
     ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
-    run, g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
-    track = jnp.sum(jax.vmap(problem.tracking_cost, in_axes=(0, None))(zs[:-1], w)) if _tracking(problem) else 0.0
-    J = _objective(problem, theta, phi, run, track)
+    g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
+    J = _cost_from_states(problem, controls, zs)
     return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zs, ps
 
 
@@ -230,6 +219,6 @@ def value_and_gradient(problem, controls, *, block=None):
         pulled_th = _tree_map(lambda a: a.reshape((nb * B,) + a.shape[2:]), pulled_th)
         pulled_w = None if pulled_w is None else _tree_map(lambda g: g.sum(axis=0), pulled_w)
         track = jnp.sum(tracks)
-    run, g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
-    J = _objective(problem, theta, phi, run, track)
+    g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
+    J = _total(problem, theta, phi, track)
     return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zN

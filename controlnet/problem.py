@@ -235,23 +235,22 @@ def objective_value(problem: ControlProblem, controls: Controls):
     if "tracking" in problem.terms:
         return objective(problem, controls)[0]
     zN = final_state(problem, controls.theta)
-    run = jnp.sum(jax.vmap(problem.running)(controls.theta)) if problem.terms & {"l2", "l1"} else 0.0
-    return problem.terminal(zN, controls.w) + problem.h * run + problem.coupling(controls.theta)
+    return _total(problem, controls.theta, problem.terminal(zN, controls.w), 0.0)
+
+
+def _total(problem, theta, terminal, tracking):
+    """``J = Φ + h Σ_k [R(θ_k) + L(z_k, w)] + coupling`` from ``Φ(z_N, w)`` and ``Σ_k L(z_k, w)``."""
+    run = jnp.sum(jax.vmap(problem.running)(theta)) if problem.terms & {"l2", "l1"} else 0.0
+    return terminal + problem.h * (run + tracking) + problem.coupling(theta)
 
 
 def _cost_from_states(problem, controls, zs):
-    h = problem.h
-    run = jnp.sum(jax.vmap(problem.running)(controls.theta)) if problem.terms & {"l2", "l1"} else 0.0
     track = (
         jnp.sum(jax.vmap(lambda z: problem.tracking_cost(z, controls.w))(zs[:-1]))
         if "tracking" in problem.terms
         else 0.0
     )
-    return (
-        problem.terminal(zs[-1], controls.w)
-        + h * (run + track)
-        + problem.coupling(controls.theta)
-    )
+    return _total(problem, controls.theta, problem.terminal(zs[-1], controls.w), track)
 
 
 def metrics(problem: ControlProblem, controls: Controls, zs=None) -> dict:

@@ -18,7 +18,7 @@ import pytest
 
 import controlnet as cn
 import solvers
-from controlnet.adjoint import _linearize, _pull
+from controlnet.adjoint import _pull, _pullback
 from solvers.driver import _compiled_step
 
 
@@ -51,8 +51,7 @@ def test_layer_pull_back_is_the_gradient_of_the_hamiltonian():
 
     @jax.jit
     def pulled(z, q):
-        _, _, vjp = _linearize(p, z.T, th, c.w)
-        gz, gth, gw = _pull(p, vjp, q.T)
+        gz, gth, gw = _pull(p, _pullback(p, z.T, th, c.w), q.T)
         dR = jax.grad(p.running)(th)
         return gz.T, jax.tree_util.tree_map(lambda a, b: a - p.h * b, gth, dR), gw
 
