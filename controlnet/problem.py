@@ -31,7 +31,7 @@ from .lift import lift
 from .readout import init_readout, readout
 from .state import final_state, forward
 
-__all__ = ["Controls", "ControlProblem", "objective", "metrics"]
+__all__ = ["Controls", "ControlProblem", "objective", "objective_value", "metrics"]
 
 
 class Controls(NamedTuple):

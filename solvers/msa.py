@@ -182,8 +182,13 @@ def _sample_part(sums, rho):
 def inner_objective(problem, data: LayerData, theta, rho, method="closed_form"):
     """``H̃_k(θ_k) − C_k(θ_k) − H_k(θ_k^j) − hR(θ_k^j)`` per layer, shape ``(N,)`` (module doc):
     ``−mean_i p̃⁺·r₁ − (ρ/2) mean_i(‖r₁‖²+‖r₂‖²) − hR(θ_k) − C_k(θ_k)``."""
-    r1, r2 = residuals(problem, data, theta, method)
-    return _sample_part(_residual_sums(data, r1, r2), rho) + _params_part(problem, data, theta)
+    return _value_sums(problem, data, theta, rho, method)[0]
+
+
+def _value_sums(problem, data, theta, rho, method):
+    """``(v, sums)``: :func:`inner_objective` and the :func:`_residual_sums` at ``θ``."""
+    sums = _residual_sums(data, *residuals(problem, data, theta, method))
+    return _sample_part(sums, rho) + _params_part(problem, data, theta), sums
 
 
 def _jet(name, a):
@@ -289,8 +294,7 @@ def _value_grad_sums(problem, data, theta, rho, method):
         return v, jax.tree_util.tree_map(jnp.add, g, gp), sums
 
     def total(th):
-        sums = _residual_sums(data, *residuals(problem, data, th, "autodiff"))
-        v = _sample_part(sums, rho) + _params_part(problem, data, th)
+        v, sums = _value_sums(problem, data, th, rho, "autodiff")
         return jnp.sum(v), (v, sums)
 
     g, (v, sums) = jax.grad(total, has_aux=True)(theta)
@@ -335,8 +339,8 @@ def _maximize(problem, data, rho, optimizer, steps, method, start):
         return jax.tree_util.tree_map(lambda x, y: jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
 
     def value(th):  # the last step needs no gradient at its candidate
-        sums = _residual_sums(data, *residuals(problem, data, th, method))
-        return _sample_part(sums, rho) + _params_part(problem, data, th), None, sums
+        v, sums = _value_sums(problem, data, th, rho, method)
+        return v, None, sums
 
     def body(carry, evaluate=vg):
         theta, v, g, sums, eta, opt_state = carry
