@@ -5,9 +5,10 @@
   ``solvers.solve`` runs it, median per step, all sizes interleaved; the log-log slope of time
   against ``S`` and against ``N`` (least squares over the sweep; 1 is linear).
 - Memory at ``S = 1e5``, ``N = 1,000``, each in a fresh process (its peak resident set, which
-  includes the ~0.3 GB of the Python + JAX runtime): the default path (all states and co-states
-  kept) and the checkpointed one, ``GradientDescent(checkpoint_block=B)`` (the same Adam step),
-  which keeps only every ``B``-th state and recomputes the rest in the backward pass. Both take
+  includes the ~0.3 GB of the Python + JAX runtime): the full path
+  (``GradientDescent(checkpoint_block=None)``: every residual of the forward pass kept) and the
+  checkpointed one, ``checkpoint_block=B`` (the same Adam step), which keeps only every ``B``-th
+  state and recomputes the rest in the backward pass (what the default ``"auto"`` picks there). Both take
   a few Adam steps (their losses are reported) and XLA's own accounting of the compiled step
   (``memory_analysis``) is given too.
 

@@ -113,3 +113,28 @@ def test_checkpointed_gradient_descent_follows_the_same_path(ring):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="divisor"):
         solvers.solve(solvers.GradientDescent(checkpoint_block=7), p, c0, max_iters=1)
+    for bad in (0, -2, 2.5, True, "always"):
+        with pytest.raises(ValueError, match="checkpoint_block must be"):
+            solvers.GradientDescent(checkpoint_block=bad)
+
+
+def test_auto_checkpoint_block_follows_the_memory_budget(ring, monkeypatch):
+    """"auto" keeps every residual of a small problem and checkpoints blocks of about √N layers
+    past the budget, on the same path: the iterates agree to round-off."""
+    from solvers.gd import auto_block
+
+    p = ring.problem  # N = 20 layers
+    kept = 3 * p.N * p.S * p.width * p.x.dtype.itemsize
+    assert auto_block(p) is None and auto_block(p, budget=kept) is None
+    assert auto_block(p, budget=kept - 1) == 4  # the divisor of 20 nearest √20
+    c0 = p.init_controls(jax.random.PRNGKey(4))
+    plain = solvers.solve(solvers.GradientDescent(optax.adam(1e-2), checkpoint_block=None), p, c0, max_iters=5)
+    monkeypatch.setattr(solvers.gd, "AUTO_CHECKPOINT_BYTES", 0)
+    seen = []
+    real = cn.value_and_gradient
+    monkeypatch.setattr(cn, "value_and_gradient", lambda *a, block=None: seen.append(block) or real(*a, block=block))
+    auto = solvers.solve(solvers.GradientDescent(optax.adam(1e-2)), p, c0, max_iters=5)
+    assert seen == [4]  # traced once, with blocks of 4
+    np.testing.assert_allclose(auto.history["loss"], plain.history["loss"], rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(auto.controls), jax.tree_util.tree_leaves(plain.controls)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
