@@ -129,7 +129,8 @@ def _solver_from_args(args):
     if args.solver in ("msa", "emsa", "discrete"):
         opts = {"batch_size": args.batch_size}
         if args.solver != "discrete":
-            opts.update(inner_steps=getattr(args, "inner_steps", None), inner_lr=getattr(args, "inner_lr", None))
+            opts.update(inner_steps=getattr(args, "inner_steps", None), inner_lr=getattr(args, "inner_lr", None),
+                        inner=getattr(args, "inner", None))
         if args.solver == "emsa":
             opts["rho"] = getattr(args, "rho", None)
         opts = {k: v for k, v in opts.items() if v is not None}
@@ -142,6 +143,9 @@ def _add_msa_options(p):
     g.add_argument("--inner-steps", type=_positive_int, help="Hamiltonian-maximization steps per iteration (default: 10)")
     g.add_argument("--inner-lr", type=_positive_float,
                    help="inner step: E-MSA's dimensionless step (default 0.5), basic MSA's Adam rate (default 0.05)")
+    g.add_argument("--inner", choices=("optax", "ipopt"),
+                   help="the Hamiltonian maximization: a few optimizer steps for all layers at once "
+                        "(optax, default) or every layer exactly with CasADi + IPOPT (ipopt; small problems)")
 
 
 #: ``train`` options that may change between a run and its resumption (budget and output).

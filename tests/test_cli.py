@@ -68,6 +68,8 @@ BAD_ARGS = {
     "out is a file": (["--out", "{f}"], "exists and is not a directory"),
     "resume from nothing": (["--resume", "{d}/nothing"], "no checkpoint at"),
     "resume from a file": (["--resume", "{f}"], "--resume {f} is not a directory"),
+    "unknown inner maximization": (["--out", "{d}", "--solver", "emsa", "--inner", "newton"],
+                                   "argument --inner: invalid choice: 'newton'"),
     "checkpoints of a one-solve solver": (["--out", "{d}", "--solver", "direct", "--checkpoint-every", "5"],
                                           "--solver direct is one solve with no state to checkpoint"),
 }
@@ -243,6 +245,18 @@ def test_diverged_run_says_so_and_exits_3(tmp_path, capsys):
     # The kept iterate is the last one whose loss was finite (and logged).
     assert math.isfinite(res.info["loss"])
     assert np.isclose(res.info["loss"], res.history["loss"][-1], rtol=1e-12, atol=0)
+
+
+def test_emsa_with_exact_layer_maximization_from_the_shell(tmp_path, capsys):
+    argv = ["train", "--problem", "ring", "--samples", "20", "--layers", "3", "--iters", "3", "--quiet",
+            "--solver", "emsa", "--inner", "ipopt", "--float64", "--out", tmp_path]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    res = cn.Result.load(tmp_path)
+    assert res.info["iterations"] == 3
+    loss = res.history["loss"]
+    assert loss[-1] < loss[0]  # IPOPT's layer maxima and the acceptance test: J goes down
+    assert np.all(np.diff(loss) <= 1e-12 * np.abs(loss[:-1]))  # and never up
 
 
 # -- 6. truncated files are refused ---------------------------------------------------------------
