@@ -104,7 +104,8 @@ def _train_parser(sub):
     p.add_argument("--solver", default="gd", help="solver name (default: gd)")
     p.add_argument("--iters", type=_positive_int, default=500, help="iteration budget (default: 500)")
     p.add_argument("--seconds", type=_positive_float, help="wall-time budget in seconds")
-    p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate of the optimizer (default: 0.01)")
+    p.add_argument("--lr", type=_positive_float, default=1e-2,
+                   help="learning rate of gd's Adam, or pgd's first step (default: 0.01)")
     p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
     _add_msa_options(p)
     p.add_argument("--out", type=Path, help="output directory (default: the --resume directory)")
@@ -126,6 +127,8 @@ def _solver_from_args(args):
     opts = {}
     if args.solver == "gd":
         opts = dict(optimizer=optax.adam(args.lr), batch_size=args.batch_size)
+    if args.solver == "pgd":  # --lr is the first step, which backtracking then adapts
+        opts = dict(lr=args.lr)
     if args.solver in ("msa", "emsa", "discrete"):
         opts = {"batch_size": args.batch_size}
         if args.solver != "discrete":

@@ -16,7 +16,9 @@ SOLVERS["direct"] = Direct
 from .discrete import DiscreteMSA  # noqa: E402
 from .msa import MSA, ExtendedMSA  # noqa: E402
 
-SOLVERS.update({"msa": MSA, "emsa": ExtendedMSA, "discrete": DiscreteMSA})
+from .proximal import ProximalGradient  # noqa: E402
+
+SOLVERS.update({"msa": MSA, "emsa": ExtendedMSA, "discrete": DiscreteMSA, "pgd": ProximalGradient})
 
 
 def make_solver(name: str, **options):
