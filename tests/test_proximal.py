@@ -70,3 +70,22 @@ def test_bad_options(lr):
         ProximalGradient(lr=lr)
     with pytest.raises(ValueError, match="grow must be a number >= 1"):
         ProximalGradient(grow=0.5)
+
+
+def test_l1_stopping_time_is_observed_with_tracking():
+    """Ring with tracking and L¹ (T = 8, 20 layers): ‖θ(t)‖ decays along the horizon and the
+    last layers are exactly zero, so the L¹ stopping time is reached before T (a subgradient
+    method never reaches it: its weights are never exactly zero)."""
+    from controlnet.diagnostics.regularization import stopping_time
+
+    task = problems.make("ring", samples=200, layers=20, horizon=8.0, l1=0.01, readout_l2=0.01,
+                         tracking=0.1)
+    p = task.problem
+    r = solvers.solve(ProximalGradient(), p, p.init_controls(jax.random.PRNGKey(0)), max_iters=4000,
+                      progress=False)
+    assert r.info["accuracy"] == 1.0
+    th = r.controls.theta
+    norms = np.sqrt(sum(np.sum(np.asarray(a) ** 2, axis=tuple(range(1, np.ndim(a)))) for a in
+                        jax.tree_util.tree_leaves(th)))
+    assert norms[-1] == 0.0 and norms[0] > 1.0
+    assert stopping_time(th, float(p.h), tol=0.0) < float(p.T)
