@@ -50,6 +50,13 @@ def soft_threshold(x, tau):
     return jnp.sign(x) * jnp.maximum(jnp.abs(x) - tau, 0.0)
 
 
+def _l1_part(problem, theta):
+    """``h α₁ Σ_k ‖θ_k‖₁`` (0 without an L¹ term): ``J − J_s``."""
+    if "l1" not in problem.terms:
+        return 0.0
+    return problem.h * problem.l1 * jnp.sum(jax.vmap(l1_norm)(theta))
+
+
 def smooth_gradient(problem, controls, grad):
     """``∇J_s``: the gradient ``grad`` of ``J`` without its L¹ part ``h α₁ ∂‖θ‖₁``.
 
@@ -58,17 +65,12 @@ def smooth_gradient(problem, controls, grad):
     """
     if "l1" not in problem.terms:
         return grad
-    d = jax.grad(lambda th: jnp.sum(jax.vmap(l1_norm)(th)))(controls.theta)
-    c = problem.h * problem.l1
-    return cn.Controls(jax.tree_util.tree_map(lambda g, e: g - c * e, grad.theta, d), grad.w)
+    d = jax.grad(lambda th: _l1_part(problem, th))(controls.theta)
+    return cn.Controls(jax.tree_util.tree_map(jnp.subtract, grad.theta, d), grad.w)
 
 
-def _smooth_value(problem, controls):
-    """``J_s = J − h α₁ Σ_k ‖θ_k‖₁``."""
-    J = cn.objective_value(problem, controls)
-    if "l1" not in problem.terms:
-        return J
-    return J - problem.h * problem.l1 * jnp.sum(jax.vmap(l1_norm)(controls.theta))
+def _finite_number(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _dot(a, b):
@@ -90,12 +92,10 @@ class ProximalGradient:
     name: ClassVar[str] = "pgd"
 
     def __post_init__(self):
-        for field, low in (("lr", 0.0), ("grow", 1.0)):
-            v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not (
-                    v > low if field == "lr" else v >= low):
-                raise ValueError(f"{field} must be a {'positive number' if field == 'lr' else 'number >= 1'}, "
-                                 f"got {v!r}")
+        if not (_finite_number(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (_finite_number(self.grow) and self.grow >= 1):
+            raise ValueError(f"grow must be a number >= 1, got {self.grow!r}")
 
     def init(self, problem, controls, *, key):
         return PGDState(controls, jnp.asarray(self.lr, jnp.result_type(float)), key)
@@ -105,7 +105,7 @@ class ProximalGradient:
         J, g, zN = cn.value_and_gradient(problem, c, block=auto_block(problem))
         gs = smooth_gradient(problem, c, g)
         hl1 = problem.h * problem.l1 if "l1" in problem.terms else 0.0
-        Js = J - (hl1 * jnp.sum(jax.vmap(l1_norm)(c.theta)) if "l1" in problem.terms else 0.0)
+        Js = J - _l1_part(problem, c.theta)
 
         def proposal(eta):
             theta = jax.tree_util.tree_map(lambda th, d: soft_threshold(th - eta * d, eta * hl1), c.theta, gs.theta)
@@ -118,7 +118,8 @@ class ProximalGradient:
             d = jax.tree_util.tree_map(jnp.subtract, new, c)
             model = Js + _dot(gs, d) + _dot(d, d) / (2 * eta)
             # A tie within rounding is accepted; a non-finite J_s(x⁺) is not.
-            fine = _smooth_value(problem, new) <= model + 64 * jnp.finfo(Js.dtype).eps * (1 + jnp.abs(Js))
+            Js_new = cn.objective_value(problem, new) - _l1_part(problem, new.theta)
+            fine = Js_new <= model + 64 * jnp.finfo(Js.dtype).eps * (1 + jnp.abs(Js))
             return ~fine & (tries < 60)
 
         eta0 = (state.lr * self.grow).astype(state.lr.dtype)
