@@ -6,7 +6,14 @@ make "training = optimal control" literal: :mod:`~controlnet.state` (forward),
 """
 
 from .activations import ACTIVATIONS, activation
-from .adjoint import backward, costates, gradient, terminal_costate, value_and_gradient
+from .adjoint import (
+    backward,
+    costates,
+    gradient,
+    gradient_from_hamiltonian,
+    terminal_costate,
+    value_and_gradient,
+)
 from .costs import LOSSES, Logistic, Loss, SoftmaxCrossEntropy, SquaredError
 from .dynamics import DYNAMICS, InnerActivation, OuterActivation, TwoLayer, VectorField
 from .hamiltonian import grad_theta, grad_z, hamiltonian, layer_hamiltonians

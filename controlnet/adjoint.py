@@ -39,10 +39,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .problem import Controls, _cost_from_states, _total
+from .problem import Controls, _total, _tracking_sum
 from .state import final_fm, forward, step_fm
 
-__all__ = ["terminal_costate", "backward", "costates", "gradient", "value_and_gradient"]
+__all__ = ["terminal_costate", "backward", "costates", "gradient", "value_and_gradient",
+           "gradient_from_hamiltonian"]
 
 _tree_map = jax.tree_util.tree_map
 
@@ -132,6 +133,13 @@ def _assemble(problem, controls, g_theta, g_w, dphi_dw):
     return Controls(grad_theta, _tree_map(lambda a, b: a - b, dphi_dw, g_w))
 
 
+def gradient_from_hamiltonian(problem, controls, g_theta, g_w, zN):
+    """``∇J`` (a :class:`Controls`) from the outputs ``g_theta, g_w`` of :func:`backward` and
+    the final state ``z_N``: ``∇_{θ_k}J = −∇_θH_k + ∇_{θ_k}(coupling)``,
+    ``∇_w J = ∇_wΦ(z_N, w) − Σ_k ∇_wH_k`` (module doc)."""
+    return _assemble(problem, controls, g_theta, g_w, jax.grad(problem.terminal, argnums=1)(zN, controls.w))
+
+
 def _terminal(problem, zN, w):
     """``(Φ(z_N, w), p_N = −∇_zΦ, ∇_wΦ)`` from one gradient evaluation."""
     phi, (dz, dw) = jax.value_and_grad(problem.terminal, argnums=(0, 1))(zN, w)
@@ -165,11 +173,11 @@ def gradient(problem, controls):
     """
     theta, w = controls.theta, controls.w
     zs = forward(problem, theta)
-    _, pN, dphi_dw = _terminal(problem, zs[-1], w)
+    phi, pN, dphi_dw = _terminal(problem, zs[-1], w)
     psT, pulled_th, pulled_w = _backward_scan(problem, jnp.swapaxes(zs[:-1], 1, 2), theta, w, pN.T)
     ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
     g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
-    J = _cost_from_states(problem, controls, zs)
+    J = _total(problem, theta, phi, _tracking_sum(problem, zs, w))
     return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zs, ps
 
 

@@ -244,13 +244,16 @@ def _total(problem, theta, terminal, tracking):
     return terminal + problem.h * (run + tracking) + problem.coupling(theta)
 
 
+def _tracking_sum(problem, zs, w):
+    """``Σ_{k<N} L(z_k, w)`` over the states ``zs (N+1, S, d)`` (0 without tracking)."""
+    if "tracking" not in problem.terms:
+        return 0.0
+    return jnp.sum(jax.vmap(lambda z: problem.tracking_cost(z, w))(zs[:-1]))
+
+
 def _cost_from_states(problem, controls, zs):
-    track = (
-        jnp.sum(jax.vmap(lambda z: problem.tracking_cost(z, controls.w))(zs[:-1]))
-        if "tracking" in problem.terms
-        else 0.0
-    )
-    return _total(problem, controls.theta, problem.terminal(zs[-1], controls.w), track)
+    terminal = problem.terminal(zs[-1], controls.w)
+    return _total(problem, controls.theta, terminal, _tracking_sum(problem, zs, controls.w))
 
 
 def metrics(problem: ControlProblem, controls: Controls, zs=None) -> dict:

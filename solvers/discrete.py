@@ -130,17 +130,14 @@ class DiscreteMSA:
         zs = cn.forward(batch, c.theta)
         ps, g_theta, g_w = cn.backward(batch, c, zs)
         m = cn.metrics(batch, c, zs)
-        g = g_theta
-        if "smoothness" in batch.terms:
-            g = jax.tree_util.tree_map(jnp.subtract, g, jax.grad(batch.coupling)(c.theta))
+        grad = cn.gradient_from_hamiltonian(batch, c, g_theta, g_w, zs[-1])
+        g = jax.tree_util.tree_map(jnp.negative, grad.theta)  # ∇_θH_k − ∇_{θ_k}C = −∇_{θ_k}J
         M = jax.tree_util.tree_map(lambda a, b: self.decay * a + self.lr * b, state.accumulator, g)
         theta = self._project(M, c.theta)
         theta = jax.tree_util.tree_map(
             lambda t, old, gg: t if _is_discrete(old) else old + self.bias_lr * gg, theta, c.theta, g)
         w = readout_newton(batch, zs, c.w)
 
-        dPhi = jax.grad(batch.terminal, argnums=1)(zs[-1], c.w)
-        grad_w = jax.tree_util.tree_map(jnp.subtract, dPhi, g_w)
         H_old = cn.layer_hamiltonians(batch, zs, ps, c.theta, c.w)
         H_new = cn.layer_hamiltonians(batch, zs, ps, theta, c.w)
         changed = [jnp.sum(a != b) for a, b in zip(jax.tree_util.tree_leaves(theta),
@@ -149,7 +146,7 @@ class DiscreteMSA:
         info = {
             "loss": m["loss"],
             "accuracy": m["accuracy"],
-            "grad_norm": tree_norm((g, grad_w)),
+            "grad_norm": tree_norm((g, grad.w)),
             "dH": jnp.sum(H_new - H_old),
             "flips": sum(changed) / max(total, 1),
         }

@@ -430,11 +430,7 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     ps, g_theta, g_w = cn.backward(batch, c, zs)
 
     # ∇J from the same backward pass (the adjoint identities), for grad_norm and the read-out.
-    grad_theta = jax.tree_util.tree_map(jnp.negative, g_theta)
-    if "smoothness" in batch.terms:
-        grad_theta = jax.tree_util.tree_map(jnp.add, grad_theta, jax.grad(batch.coupling)(c.theta))
-    dPhi = jax.grad(batch.terminal, argnums=1)(zs[-1], c.w)
-    grad_w = jax.tree_util.tree_map(jnp.subtract, dPhi, g_w)
+    grad_theta, grad_w = cn.gradient_from_hamiltonian(batch, c, g_theta, g_w, zs[-1])
 
     data = layer_data(batch, c, zs, ps)
     start = jax.tree_util.tree_map(jnp.negative, grad_theta)

@@ -73,6 +73,16 @@ def test_lean_and_checkpointed_gradient_equal_the_plain_one(terms, block):
     _close(g2, _autodiff(p, c), rtol=1e-9, atol=1e-12)  # and autodiff, independently
 
 
+@pytest.mark.parametrize("terms", sorted(TERMS))
+def test_gradient_from_hamiltonian_is_the_gradient(terms):
+    """What MSA and discrete MSA log as ∇J, from the backward pass's Hamiltonian gradients."""
+    p = _problem(**TERMS[terms])
+    c = p.init_controls(jax.random.PRNGKey(0))
+    _, g, zs, _ = _gradient(p, c)
+    _, g_theta, g_w = jax.jit(cn.backward)(p, c, zs)
+    _close(jax.jit(cn.gradient_from_hamiltonian)(p, c, g_theta, g_w, zs[-1]), g)
+
+
 _gradient = jax.jit(cn.gradient)
 _autodiff = jax.jit(jax.grad(lambda p, c: cn.objective(p, c)[0], argnums=1))
 _lean = {b: jax.jit(lambda p, c, b=b: cn.value_and_gradient(p, c, block=b)) for b in [None, 1, 4]}
