@@ -39,13 +39,35 @@ __all__ = ["solve", "evaluate"]
 
 @functools.lru_cache(maxsize=64)
 def _compiled_step(solver):
+    """``(step, names)``: the jitted iteration ``step(problem, state) -> (state, numbers)`` and
+    the names of its numbers.
+
+    ``numbers`` packs every entry of ``info`` (in the order of ``names``) and, last, whether the
+    new controls are all finite, into one array: one output buffer and one transfer per
+    iteration (four separate scalars cost 5-10 % of a gradient step on the reference problem,
+    measured against a hand-written scan). ``names`` maps the pytree structure of
+    ``(problem, state)`` to the ``info`` keys; it is filled when ``step`` is traced, so look it
+    up after ``step.lower(...)``.
+    """
+    names = {}
+
     def run(problem, state):
         new_state, info = solver.step(problem, state)
         leaves = jax.tree_util.tree_leaves(new_state.controls)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
-        return new_state, info, finite
+        keys = tuple(info)
+        names[jax.tree_util.tree_structure((problem, state))] = keys
+        dtype = jnp.result_type(float, *(info[k] for k in keys))
+        numbers = jnp.stack([jnp.asarray(info[k], dtype) for k in keys] + [finite.astype(dtype)])
+        return new_state, numbers
 
-    return jax.jit(run)
+    return jax.jit(run), names
+
+
+def _unpack(names, numbers):
+    """``(info, finite)`` on the host from :func:`_compiled_step`'s packed numbers."""
+    numbers = np.asarray(jax.device_get(numbers))
+    return dict(zip(names, numbers[:-1].tolist())), bool(numbers[-1])
 
 
 @jax.jit
@@ -158,10 +180,11 @@ def solve(
         cn.io.save_checkpoint(checkpoint, st, iteration=n, history=history, meta=meta)
 
     with _SigintFlag() as stop:
-        step = _compiled_step(solver)
+        step, names = _compiled_step(solver)
         t0 = time.perf_counter()
         step.lower(problem, state).compile()  # timed apart; the jit cache keeps the executable
         compile_time = time.perf_counter() - t0
+        names = names[jax.tree_util.tree_structure((problem, state))]
 
         status, diverged_at = "max_iters", None
         prev, keep = None, None  # keep: the iterate to return when the solve diverged
@@ -176,10 +199,8 @@ def solve(
                     status = "interrupted"
                     break
                 t = time.perf_counter()
-                new_state, info, finite = step(problem, state)
-                info, finite = jax.device_get((info, finite))  # one transfer for all numbers
-                info = {k: float(v) for k, v in info.items()}
-                finite = bool(finite)
+                new_state, numbers = step(problem, state)
+                info, finite = _unpack(names, numbers)  # one transfer for all numbers
                 info["time"] = time.perf_counter() - t
                 if not np.isfinite(info["loss"]):
                     status, diverged_at = "diverged", it

@@ -162,3 +162,21 @@ def test_step_fed_its_own_output_never_retraces(name):
         state, info = step(p, state)
     assert len(traces) == 1
     assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("name", sorted(_solvers()))
+def test_the_driver_logs_what_the_step_returns(name):
+    # The driver packs every logged number into one array per iteration and unpacks it by name:
+    # its history must be the step's own info, key by key, iteration by iteration.
+    base, kw = _solvers()[name]
+    solver = base(**kw)
+    p = _problem(l2=1e-3, tracking=0.2)
+    c = p.init_controls(jax.random.PRNGKey(0))
+    r = solvers.solve(solver, p, c, max_iters=4, key=jax.random.PRNGKey(1))
+    state = solver.init(p, c, key=jax.random.PRNGKey(1))
+    step = jax.jit(solver.step)
+    for i in range(4):
+        state, info = step(p, state)
+        assert set(r.history) == set(info) | {"time"}
+        for k, v in info.items():
+            np.testing.assert_allclose(r.history[k][i], float(v), rtol=1e-6, err_msg=k)
