@@ -67,7 +67,8 @@ def test_stopping_rules(ring):
 def test_divergence_keeps_last_finite_iterate(ring):
     p = ring.problem
     c0 = p.init_controls(jax.random.PRNGKey(2))
-    r = solvers.solve(solvers.GradientDescent(optax.sgd(1e12)), p, c0, max_iters=50)
+    with pytest.warns(RuntimeWarning, match="diverged at iteration"):  # and says so
+        r = solvers.solve(solvers.GradientDescent(optax.sgd(1e12)), p, c0, max_iters=50)
     assert r.status == "diverged" and r.info["diverged_at"] is not None
     assert all(np.all(np.isfinite(l)) for l in jax.tree_util.tree_leaves(r.controls))
     assert np.all(np.isfinite(r.history["loss"]))
