@@ -79,16 +79,13 @@ def controlnet_gd(problem, gradient="adjoint"):
     import optax
 
     import solvers
-    from solvers.driver import _compiled_step, _unpack
+    from solvers.driver import _compile, _unpack
 
     gd = solvers.GradientDescent(optax.adam(REFERENCE["lr"]), gradient=gradient)
     c0 = problem.init_controls(jax.random.PRNGKey(0))
     state = [gd.init(problem, c0, key=jax.random.PRNGKey(0))]
-    step, names = _compiled_step(gd)
-    t0 = time.perf_counter()
-    step.lower(problem, state[0]).compile()  # as solvers.solve: timed apart, then called through jit
-    compile_s = time.perf_counter() - t0
-    names = names[jax.tree_util.tree_structure((problem, state[0]))]
+    # As solvers.solve: compiled and timed apart, then called through jit.
+    step, names, _, compile_s = _compile(gd, problem, state[0])
 
     def run():  # as solvers.solve: one transfer of all the logged numbers per step
         new, numbers = step(problem, state[0])

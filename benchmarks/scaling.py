@@ -50,15 +50,11 @@ def gd_step(problem, block=None):
     import optax
 
     import solvers
-    from solvers.driver import _compiled_step, _unpack
+    from solvers.driver import _compile, _unpack
 
     gd = solvers.GradientDescent(optax.adam(1e-2), checkpoint_block=block or None)
     state = [gd.init(problem, problem.init_controls(jax.random.PRNGKey(0)), key=jax.random.PRNGKey(0))]
-    t0 = time.perf_counter()
-    jitted, names = _compiled_step(gd)
-    step = jitted.lower(problem, state[0]).compile()
-    compile_s = time.perf_counter() - t0
-    names = names[jax.tree_util.tree_structure((problem, state[0]))]
+    _, names, step, compile_s = _compile(gd, problem, state[0])
 
     def run():
         state[0], numbers = step(problem, state[0])

@@ -64,6 +64,19 @@ def _compiled_step(solver):
     return jax.jit(run), names
 
 
+def _compile(solver, problem, state):
+    """Compile the step for ``(problem, state)``: ``(step, names, executable, seconds)``.
+
+    Call ``step`` (jit's fast path then finds ``executable`` in its cache: nothing is compiled
+    twice); ``names`` are the ``info`` keys in the order of the packed numbers (:func:`_unpack`).
+    """
+    step, names = _compiled_step(solver)
+    t0 = time.perf_counter()
+    executable = step.lower(problem, state).compile()
+    seconds = time.perf_counter() - t0
+    return step, names[jax.tree_util.tree_structure((problem, state))], executable, seconds
+
+
 def _unpack(names, numbers):
     """``(info, finite)`` on the host from :func:`_compiled_step`'s packed numbers."""
     numbers = np.asarray(jax.device_get(numbers))
@@ -180,11 +193,7 @@ def solve(
         cn.io.save_checkpoint(checkpoint, st, iteration=n, history=history, meta=meta)
 
     with _SigintFlag() as stop:
-        step, names = _compiled_step(solver)
-        t0 = time.perf_counter()
-        step.lower(problem, state).compile()  # timed apart; the jit cache keeps the executable
-        compile_time = time.perf_counter() - t0
-        names = names[jax.tree_util.tree_structure((problem, state))]
+        step, names, _, compile_time = _compile(solver, problem, state)  # timed apart
 
         status, diverged_at = "max_iters", None
         prev, keep = None, None  # keep: the iterate to return when the solve diverged
