@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= runs/demo
 
-.PHONY: demo test test-slow test-all bench clean
+.PHONY: demo test test-slow test-all bench bench-inner clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.peers
 	$(BENCH_VENV)/bin/python -m benchmarks.scaling
+
+# E-MSA's inner steps against wall time (four problems, five seeds; about six minutes).
+bench-inner: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m benchmarks.inner_steps --seeds 5 --save
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache
