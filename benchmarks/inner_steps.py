@@ -12,13 +12,12 @@ spiral (500 points); a small ring (120 points, 10 layers); Li et al.'s ``sin x``
 Seeds change the data and the initial controls. The configurations run in a different order
 for every seed, so machine load does not favour one.
 
-    python -m benchmarks.inner_steps [--seeds 3] [--scale 1.0]
+    python -m benchmarks.inner_steps [--seeds 3] [--scale 1.0] [--save]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import numpy as np
@@ -84,4 +83,3 @@ if __name__ == "__main__":
     report(res)
     if a.save:
         merge_results("inner_steps", {"seeds": a.seeds, "scale": a.scale, "cases": res})
-    print(json.dumps({"done": True}))
