@@ -137,6 +137,11 @@ def test_solve_traces_the_step_once_and_reuses_it_for_new_numbers():
                            np.asarray(p.y), T=3.0, l2=2e-3)
     solvers.solve(solver, p2, c, max_iters=5)
     assert len(traces) == 1
+    # Numbers given as numpy scalars (strongly typed) are stored like Python floats: same step.
+    p3 = cn.ControlProblem(p.dynamics, p.integrator, p.N, p.width, p.loss, np.asarray(p.x),
+                           np.asarray(p.y), T=np.float64(2.5), l2=np.float32(1e-3))
+    solvers.solve(solver, p3, c, max_iters=2)
+    assert len(traces) == 1
 
 
 def _solvers():
