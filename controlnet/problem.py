@@ -42,7 +42,8 @@ class Controls(NamedTuple):
 
 
 _META = ("dynamics", "integrator", "N", "width", "loss", "terms")
-_DATA = ("x", "y", "T", "l2", "l1", "smoothness", "tracking", "readout_l2")
+_WEIGHTS = ("l2", "l1", "smoothness", "tracking", "readout_l2")
+_DATA = ("x", "y", "T") + _WEIGHTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +87,11 @@ class ControlProblem:
         y = np.asarray(self.y)
         y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else y.astype(float)
         set_(self, "y", jnp.asarray(y))
-        names = ("l2", "l1", "smoothness", "tracking", "readout_l2")
-        set_(self, "terms", frozenset(n for n in names if float(getattr(self, n)) != 0.0))
+        set_(self, "terms", frozenset(n for n in _WEIGHTS if float(getattr(self, n)) != 0.0))
         # The numbers as 0-d weakly typed arrays, whatever they came as (a Python or numpy
         # float): one signature for the compiled step, and no conversion of Python floats on
         # every call (2-3 % of a gradient step on the reference problem, measured).
-        for n in ("T",) + names:
+        for n in ("T",) + _WEIGHTS:
             set_(self, n, jnp.asarray(float(getattr(self, n))))
 
     # -- the pieces of J ---------------------------------------------------------------------
@@ -172,7 +172,7 @@ class ControlProblem:
             "loss": repr(self.loss),
             "samples": int(self.S),
             "T": _number(self.T),
-            **{n: _number(getattr(self, n)) for n in ("l2", "l1", "smoothness", "tracking", "readout_l2")},
+            **{n: _number(getattr(self, n)) for n in _WEIGHTS},
         }
 
 
@@ -229,7 +229,7 @@ def _validate(p: ControlProblem) -> None:
     p.loss.check_labels(y)
     if not np.isfinite(float(p.T)) or float(p.T) <= 0:
         raise ValueError(f"horizon T must be a positive number, got {p.T!r}")
-    for name in ("l2", "l1", "smoothness", "tracking", "readout_l2"):
+    for name in _WEIGHTS:
         v = float(getattr(p, name))
         if not np.isfinite(v) or v < 0:
             raise ValueError(f"weight {name} must be a finite number >= 0, got {v!r}")
