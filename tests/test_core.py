@@ -230,6 +230,30 @@ def test_zero_weight_terms_cost_nothing_and_are_static():
     assert jax.tree_util.tree_unflatten(tree, leaves).terms == p1.terms
 
 
+def test_the_horizon_leaf_is_the_step_and_its_gradient_is_dJ_dT_times_N():
+    """``h = T/N`` is the leaf the program reads: ``∂J/∂h = N ∂J/∂T`` (central differences in
+    ``T`` through the constructor), ``T`` is re-derived as ``N h`` from the leaves, and
+    ``dataclasses.replace(T=...)`` moves ``h``."""
+    import dataclasses
+
+    costs = {"l2": 0.3, "smoothness": 0.2, "tracking": 0.4}
+    p = _problem(FIELDS["inner"], cn.Euler(), costs, N=5, T=1.5)
+    c = p.init_controls(jax.random.PRNGKey(2))
+    assert float(p.h) == 1.5 / 5 and float(p.T) == 1.5
+    leaves, tree = jax.tree_util.tree_flatten(p)
+    assert sum(leaf is p.h for leaf in leaves) == 1 and not any(leaf is p.T for leaf in leaves)
+    assert float(jax.tree_util.tree_unflatten(tree, leaves).T) == 5 * float(p.h)
+    assert float(dataclasses.replace(p, T=2.0).h) == 2.0 / 5
+
+    with_h = lambda h: jax.tree_util.tree_unflatten(tree, [h if leaf is p.h else leaf for leaf in leaves])  # noqa: E731
+    dJ_dh = jax.grad(lambda h: cn.objective_value(with_h(h), c))(p.h)
+    eps = 1e-6
+    J = lambda T: float(_J(dataclasses.replace(p, T=T), c))  # noqa: E731
+    dJ_dT = (J(1.5 + eps) - J(1.5 - eps)) / (2 * eps)
+    assert abs(float(dJ_dh) / 5 - dJ_dT) < 1e-7 * max(1.0, abs(dJ_dT))
+    assert abs(dJ_dT) > 1e-3  # the check has something to compare
+
+
 @pytest.mark.parametrize("field", list(FIELDS))
 def test_feature_major_field_equals_the_per_sample_formula(field):
     """``f.feature_major(zᵀ) = f(z)ᵀ``: the scans' (d, S) layout computes the same field."""
