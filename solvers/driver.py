@@ -32,6 +32,7 @@ import numpy as np
 
 import controlnet as cn
 
+from .gd import _joined
 from .sharding import to_host
 
 __all__ = ["solve", "evaluate"]
@@ -53,8 +54,9 @@ def _compiled_step(solver):
 
     def run(problem, state):
         new_state, info = solver.step(problem, state)
-        leaves = jax.tree_util.tree_leaves(new_state.controls)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
+        # One reduction over all controls joined (a reduction per leaf is a kernel each, as in
+        # tree_norm).
+        finite = jnp.all(jnp.isfinite(_joined(new_state.controls)))
         keys = tuple(info)
         names[jax.tree_util.tree_structure((problem, state))] = keys
         dtype = jnp.result_type(float, *(info[k] for k in keys))
