@@ -21,7 +21,7 @@ structure too (``terms``): a zero weight costs nothing in the compiled code.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +70,8 @@ class ControlProblem:
 
     Attributes:
         h: the step ``T/N``, a 0-d array set at construction: the pytree leaf of the horizon.
+        weight_names: the names of the cost weights, ``("l2", "l1", "smoothness", "tracking",
+            "readout_l2")`` (class attribute).
     """
 
     dynamics: VectorField
@@ -87,6 +89,7 @@ class ControlProblem:
     readout_l2: Any = 1e-3
     terms: frozenset = dataclasses.field(init=False, default=frozenset())
     h: Any = dataclasses.field(init=False, default=None)
+    weight_names: ClassVar[tuple] = _WEIGHTS
 
     def __post_init__(self):
         _validate(self)

@@ -370,7 +370,6 @@ def model(problem: cn.ControlProblem) -> Model:
     if not isinstance(shapes, dict):
         raise ValueError("the direct solver needs one layer's parameters as a dict of arrays, got "
                          f"{type(shapes).__name__}")
-    names = ("l2", "l1", "smoothness", "tracking", "readout_l2")
     return Model(
         dynamics=problem.dynamics,
         integrator=problem.integrator,
@@ -379,7 +378,7 @@ def model(problem: cn.ControlProblem) -> Model:
         d=int(problem.width),
         S=int(problem.S),
         h=float(problem.T) / int(problem.N),
-        weights={n: float(getattr(problem, n)) for n in names},
+        weights={n: float(getattr(problem, n)) for n in problem.weight_names},
         terms=problem.terms,
         z0=np.asarray(problem.z0(), dtype=float).T.copy(),
         y=np.asarray(problem.y),

@@ -23,11 +23,13 @@ import casadi as ca
 import jax
 import numpy as np
 
+import controlnet as cn
+
 from . import casadi_model
 
 __all__ = ["layer_objective", "maximize_exactly"]
 
-_WEIGHTS = ("l2", "l1", "smoothness", "tracking", "readout_l2")
+_WEIGHTS = cn.ControlProblem.weight_names
 
 
 def _structure(problem):
