@@ -29,6 +29,19 @@ def test_ring_width3_reaches_99_percent(ring):
     assert h["loss"][-1] < 0.2 * h["loss"][0]
 
 
+def test_logged_grad_norm_is_the_norm_of_jax_grad(ring):
+    # The step's grad_norm (one reduction over the joined leaves) is ‖∇J‖ over θ and w together.
+    p = ring.problem
+    c = p.init_controls(jax.random.PRNGKey(3))
+    gd = solvers.GradientDescent(optax.sgd(0.0))
+    _, info = jax.jit(gd.step)(p, gd.init(p, c, key=jax.random.PRNGKey(0)))
+    g = jax.grad(lambda c: cn.objective(p, c)[0])(c)
+    leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree_util.tree_leaves(g)]
+    expected = np.sqrt(sum(np.sum(x**2) for x in leaves))
+    assert expected > 0
+    np.testing.assert_allclose(float(info["grad_norm"]), expected, rtol=1e-9)
+
+
 def test_spiral_width2_reaches_99_percent():
     task = problems.make("spiral", samples=300)
     c0 = task.problem.init_controls(jax.random.PRNGKey(0))
