@@ -11,7 +11,7 @@
 :class:`ControlProblem` holds the structure (dynamics, integrator, ``N``, width, loss) as static
 fields and the numbers (data, the step ``h``, weights) as pytree leaves, so one compiled function
 serves every horizon and weight of the same structure. The leaf is ``h``, not ``T``: ``h = T/N``
-is computed once, at construction, because XLA on the CPU ran the layer loops about 10 % slower
+is computed once, at construction, because XLA on the CPU ran the layer loops 6-10 % slower
 with ``h`` computed inside the program than with ``h`` passed in (measured, see
 docs/architecture.md). ``T`` is kept as given for display; differentiate with respect to ``h``
 (``dJ/dT = (1/N) dJ/dh``). Which running costs are present at all is
