@@ -138,7 +138,7 @@ def test_auto_checkpoint_block_follows_the_memory_budget(ring, monkeypatch):
     from solvers.gd import auto_block
 
     p = ring.problem  # N = 20 layers
-    kept = 3 * p.N * p.S * p.width * p.x.dtype.itemsize
+    kept = p.N * p.S * p.width * p.x.dtype.itemsize  # the states the fast gradient keeps
     assert auto_block(p) is None and auto_block(p, budget=kept) is None
     assert auto_block(p, budget=kept - 1) == 4  # the divisor of 20 nearest √20
     c0 = p.init_controls(jax.random.PRNGKey(4))
