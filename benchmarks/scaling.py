@@ -67,6 +67,17 @@ def _slope(xs, ts):
     return float(np.polyfit(np.log(xs), np.log(ts), 1)[0])
 
 
+def _affine(xs, ts):
+    """``t ≈ a + b x`` fitted in relative error: is the cost linear once a fixed per-step cost
+    ``a`` is set apart? (A log-log slope below 1 over a range that starts where ``a``
+    dominates says only that ``a`` is large against ``b x`` there.)"""
+    xs, ts = np.asarray(xs, float), np.asarray(ts, float)
+    b, a = np.polyfit(xs, ts, 1, w=1.0 / ts)
+    return {"fixed_ms": 1e3 * float(a), "per_unit_us": 1e6 * float(b),
+            "max_rel_residual": float(np.max(np.abs(a + b * xs - ts) / ts)),
+            "slope_top_three": _slope(xs[-3:], ts[-3:])}
+
+
 def sweep(rounds=5, per_round=3, log=print) -> dict:
     """Both sweeps, all sizes interleaved; per-step medians and the log-log slopes."""
     configs = [("S", S, 50) for S in S_SWEEP] + [("N", 1_000, N) for N in N_SWEEP]
@@ -90,9 +101,9 @@ def sweep(rounds=5, per_round=3, log=print) -> dict:
     n_t = [med[(1_000, N)] for N in N_SWEEP]
     return {
         "S_sweep": {"N": 50, "S": list(S_SWEEP), "median_ms": [1e3 * t for t in s_t],
-                    "slope": _slope(S_SWEEP, s_t)},
+                    "slope": _slope(S_SWEEP, s_t), "affine": _affine(S_SWEEP, s_t)},
         "N_sweep": {"S": 1_000, "N": list(N_SWEEP), "median_ms": [1e3 * t for t in n_t],
-                    "slope": _slope(N_SWEEP, n_t)},
+                    "slope": _slope(N_SWEEP, n_t), "affine": _affine(N_SWEEP, n_t)},
         "compile_s": {f"S={S},N={N}": c for (S, N), c in compile_s.items()},
         "steps_per_size": rounds * per_round,
     }
@@ -159,6 +170,10 @@ def main(argv=None):
         xs = r["S"] if axis == "S_sweep" else r["N"]
         print(f"{axis}: " + ", ".join(f"{x}: {t:.2f} ms" for x, t in zip(xs, r["median_ms"]))
               + f"   log-log slope {r['slope']:.2f}")
+        f = r["affine"]
+        print(f"  affine fit: {f['fixed_ms']:.3f} ms + {f['per_unit_us']:.4g} us per "
+              f"{'sample' if axis == 'S_sweep' else 'layer'} (max relative residual "
+              f"{f['max_rel_residual']:.0%}); slope over the three largest {f['slope_top_three']:.2f}")
     if not a.skip_big:
         res["big"] = big(steps=3 if a.quick else 4)
     res["targets"] = {
