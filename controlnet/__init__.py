@@ -9,6 +9,7 @@ from .activations import ACTIVATIONS, activation
 from .adjoint import (
     backward,
     costates,
+    flow_and_backward,
     gradient,
     gradient_from_hamiltonian,
     terminal_costate,

@@ -2,8 +2,9 @@
 
 One iteration from the controls ``(θ^j, w^j)``:
 
-1. forward: states ``z^j = cn.forward(θ^j)``;
-2. backward: co-states ``p^j`` and ``∇_θ H_k`` from ``cn.backward`` (batch-summed ``H``);
+1. forward: states ``z^j`` (``cn.flow_and_backward(θ^j)``, which keeps the layers for step 2);
+2. backward: co-states ``p^j`` and ``∇_θ H_k`` (batch-summed ``H``), pulled back after the
+   read-out (below), as ``cn.backward`` would give them;
 3. for every layer ``k`` at once, a few safeguarded steps of an optax optimizer ascending the
    augmented Hamiltonian from ``θ_k^j`` (:func:`maximize_hamiltonians`), all of ``z, p`` from
    iterate ``j``:
@@ -423,11 +424,11 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     key, sub = jax.random.split(state.key)
     batch = minibatch(problem, sub, s.batch_size)
     c0 = state.controls
-    zs = cn.forward(batch, c0.theta)
+    zs, backward = cn.flow_and_backward(batch, c0.theta)
     m = cn.metrics(batch, c0, zs)
     # Newton read-out first (Gauss-Seidel): the co-states then belong to the w that is kept.
     c = cn.Controls(c0.theta, readout_newton(batch, zs, c0.w)) if s.readout == "newton" else c0
-    ps, g_theta, g_w = cn.backward(batch, c, zs)
+    ps, g_theta, g_w = backward(c.w)
 
     # ∇J from the same backward pass (the adjoint identities), for grad_norm and the read-out.
     grad_theta, grad_w = cn.gradient_from_hamiltonian(batch, c, g_theta, g_w, zs[-1])

@@ -116,6 +116,27 @@ def test_checkpointing_keeps_less_memory():
     assert lean < full / 4
 
 
+@pytest.mark.parametrize("terms", list(TERMS))
+def test_flow_and_backward_equals_forward_then_backward(terms):
+    # One forward pass kept for the pull-back, the read-out chosen after it (MSA's Newton
+    # step): the same states, co-states and Hamiltonian gradients as cn.forward + cn.backward.
+    p = _problem(**TERMS[terms])
+    c = p.init_controls(jax.random.PRNGKey(1))
+    w = jax.tree_util.tree_map(lambda a: a + 0.3, c.w)  # not the w of any earlier pass
+
+    @jax.jit
+    def run(p, theta, w):
+        zs, pull = cn.flow_and_backward(p, theta)
+        return zs, pull(w)
+
+    zs, (ps, g_theta, g_w) = run(p, c.theta, w)
+    zs_ref = cn.forward(p, c.theta)
+    ref = cn.backward(p, cn.Controls(c.theta, w), zs_ref)
+    _close(zs, zs_ref)
+    _close((ps, g_theta, g_w), ref)
+    assert float(jnp.max(jnp.abs(ps[0]))) > 0  # the recursion reached the first layer
+
+
 @pytest.mark.parametrize("terms", [dict(l2=1e-3), dict(l2=1e-3, tracking=0.3)], ids=["l2", "tracking"])
 def test_fast_gradient_keeps_only_the_states(terms):
     # Each layer is re-linearized from its state in the backward pass (jax.checkpoint): the
