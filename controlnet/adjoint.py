@@ -199,10 +199,11 @@ def flow_and_backward(problem, theta):
     def pull(w):
         pN = terminal_costate(problem, zs[-1], w)
         if _tracking(problem):
-            track = lambda w: jnp.sum(jax.vmap(problem.tracking_cost, in_axes=(0, None))(zs[:-1], w))  # noqa: E731
-            dL = jax.vmap(jax.grad(problem.tracking_cost), in_axes=(0, None))(zs[:-1], w)
+            # ∇_z L(z_k, w) for every k and Σ_k ∇_w L(z_k, w) from one gradient of Σ_k L.
+            track = lambda zs, w: jnp.sum(jax.vmap(problem.tracking_cost, in_axes=(0, None))(zs, w))  # noqa: E731
+            dL, dw = jax.grad(track, argnums=(0, 1))(zs[:-1], w)
             states_ct = -problem.h * jnp.swapaxes(dL, 1, 2)
-            pulled_w = _tree_map(lambda g: -problem.h * g, jax.grad(track)(w))
+            pulled_w = _tree_map(lambda g: -problem.h * g, dw)
         else:
             states_ct, pulled_w = jnp.zeros_like(zsT), None
         _, pulled_th, p_eps = vjp((pN.T, states_ct))
