@@ -97,20 +97,21 @@ def test_block_must_divide_N(block):
         cn.value_and_gradient(p, c, block=block)
 
 
+def _temp_bytes(f, p, c):
+    """XLA's temporary buffer of ``jit(f)`` compiled for ``(p, c)``."""
+    ma = jax.jit(f).lower(p, c).compile().memory_analysis()
+    if ma is None:
+        pytest.skip("this backend gives no memory analysis")
+    return ma.temp_size_in_bytes
+
+
 def test_checkpointing_keeps_less_memory():
     # 400 layers x 2,000 samples x width 3: the full trajectory is 400*2000*3*8 B ≈ 19 MB.
     p = _problem(N=400, S=2_000, l2=1e-3)
     c = jax.eval_shape(p.init_controls, jax.random.PRNGKey(0))
-
-    def temp_bytes(f):
-        ma = jax.jit(f).lower(p, c).compile().memory_analysis()
-        if ma is None:
-            pytest.skip("this backend gives no memory analysis")
-        return ma.temp_size_in_bytes
-
     trajectory = 401 * 2_000 * 3 * 8
-    full = temp_bytes(lambda p, c: cn.gradient(p, c)[:2])
-    lean = temp_bytes(lambda p, c: cn.value_and_gradient(p, c, block=20))
+    full = _temp_bytes(lambda p, c: cn.gradient(p, c)[:2], p, c)
+    lean = _temp_bytes(lambda p, c: cn.value_and_gradient(p, c, block=20), p, c)
     assert full >= trajectory  # the plain path holds all states
     assert lean < trajectory / 4  # blocks of 20: 20 boundary + 21 block states ≈ trajectory/10
     assert lean < full / 4
@@ -144,11 +145,8 @@ def test_fast_gradient_keeps_only_the_states(terms):
     # (without the checkpoint: 3.0x the trajectory, 5.0x with tracking).
     p = _problem(N=400, S=2_000, **terms)
     c = jax.eval_shape(p.init_controls, jax.random.PRNGKey(0))
-    ma = jax.jit(lambda p, c: cn.value_and_gradient(p, c)[:2]).lower(p, c).compile().memory_analysis()
-    if ma is None:
-        pytest.skip("this backend gives no memory analysis")
     trajectory = 401 * 2_000 * 3 * 8
-    assert ma.temp_size_in_bytes < 1.5 * trajectory
+    assert _temp_bytes(lambda p, c: cn.value_and_gradient(p, c)[:2], p, c) < 1.5 * trajectory
 
 
 def _counting(base, **kw):
