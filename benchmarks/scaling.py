@@ -41,26 +41,28 @@ def _problem(S, N):
                          l2=1e-3).problem
 
 
-def gd_step(problem, block=None):
-    """The driver's compiled GD step on ``problem`` and its initial state: ``(run, compile_s, step)``.
+def gd_step(problem, block=None, per_call=None):
+    """The driver's compiled GD call on ``problem``: ``(run, compile_s, executable)``; ``run()``
+    takes ``run.steps`` Adam steps and returns the first loss.
 
     ``block`` sets ``GradientDescent(checkpoint_block=block)``: the checkpointed adjoint pass.
+    ``per_call``: iterations per call; default as ``solvers.solve`` sizes them (about
+    ``CALL_SECONDS`` of work, at most ``MAX_STEPS_PER_CALL``), from a timed warm call.
     """
-    import jax
     import optax
 
     import solvers
-    from solvers.driver import _compile, _unpack
+    from benchmarks.peers import driver_calls
+    from solvers.driver import CALL_SECONDS, MAX_STEPS_PER_CALL
 
     gd = solvers.GradientDescent(optax.adam(1e-2), checkpoint_block=block or None)
-    state = [gd.init(problem, problem.init_controls(jax.random.PRNGKey(0)), key=jax.random.PRNGKey(0))]
-    _, names, step, compile_s = _compile(gd, problem, state[0])
-
-    def run():
-        state[0], numbers = step(problem, state[0])
-        return _unpack(names, numbers)[0]["loss"]
-
-    return run, compile_s, step
+    if per_call is None:
+        run, _, _ = driver_calls(gd, problem, 1)
+        run()  # the first execution outside the estimate
+        t = time.perf_counter()
+        run()
+        per_call = int(min(MAX_STEPS_PER_CALL, max(1, CALL_SECONDS / (time.perf_counter() - t))))
+    return driver_calls(gd, problem, per_call)
 
 
 def _slope(xs, ts):
@@ -95,7 +97,7 @@ def sweep(rounds=5, per_round=3, log=print) -> dict:
             for _ in range(per_round):
                 t = time.perf_counter()
                 run()
-                times[k].append(time.perf_counter() - t)
+                times[k].append((time.perf_counter() - t) / run.steps)
     med = {k: float(np.median(v)) for k, v in times.items()}
     s_t = [med[(S, 50)] for S in S_SWEEP]
     n_t = [med[(1_000, N)] for N in N_SWEEP]
@@ -105,6 +107,7 @@ def sweep(rounds=5, per_round=3, log=print) -> dict:
         "N_sweep": {"S": 1_000, "N": list(N_SWEEP), "median_ms": [1e3 * t for t in n_t],
                     "slope": _slope(N_SWEEP, n_t), "affine": _affine(N_SWEEP, n_t)},
         "compile_s": {f"S={S},N={N}": c for (S, N), c in compile_s.items()},
+        "steps_per_call": {f"S={S},N={N}": run.steps for (S, N), run in runs.items()},
         "steps_per_size": rounds * per_round,
     }
 
@@ -112,7 +115,7 @@ def sweep(rounds=5, per_round=3, log=print) -> dict:
 def one(S, N, block, steps) -> dict:
     """Run ``steps`` Adam steps at ``(S, N)`` in this process; report times, losses, peak memory."""
     problem = _problem(S, N)
-    run, compile_s, compiled = gd_step(problem, block)
+    run, compile_s, compiled = gd_step(problem, block, per_call=1)
     losses, times = [], []
     for _ in range(steps):
         t = time.perf_counter()

@@ -9,8 +9,8 @@ A solver is a frozen dataclass with a ``name`` and two pure functions:
 A solver that is not a jitted step (the direct solver: one IPOPT solve) has instead
 ``run(problem, controls, **budget) -> Result``, and ``solve`` hands over to it.
 
-``solve`` compiles ``step`` once, runs it, records ``info`` and the wall time of every
-iteration, stops on a budget (iterations, seconds), a tolerance on the gradient norm or a target
+``solve`` compiles ``step`` once, inside a device-side loop that runs many iterations per call
+(:func:`_compiled_step`), records ``info`` and the wall time of every iteration, stops on a budget (iterations, seconds), a tolerance on the gradient norm or a target
 loss, and returns a :class:`controlnet.Result`. A non-finite loss or iterate stops the solve with
 status ``"diverged"`` and keeps the last finite iterate; Ctrl-C stops it with ``"interrupted"``
 and keeps the last completed iterate. With a checkpoint file, the whole solver state (controls,
@@ -38,51 +38,115 @@ from .sharding import to_host
 __all__ = ["solve", "evaluate"]
 
 
+# A compiled call runs up to MAX_STEPS_PER_CALL iterations in one ``lax.while_loop``, and the
+# driver sizes its calls to about CALL_SECONDS each (module doc, "Calls").
+MAX_STEPS_PER_CALL = 128
+CALL_SECONDS = 0.05
+# Every iteration's numbers are one row of this width: the info entries, then the finiteness flag.
+_ROW = 32
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled_step(solver):
-    """``(step, names)``: the jitted iteration ``step(problem, state) -> (state, numbers)`` and
-    the names of its numbers.
+    """``(run, names)``: the jitted ``run(problem, state, n, target, tol)`` and the names of the
+    numbers it logs.
 
-    ``numbers`` packs every entry of ``info`` (in the order of ``names``) and, last, whether the
-    new controls are all finite, into one array: one output buffer and one transfer per
-    iteration (four separate scalars cost 5-10 % of a gradient step on the reference problem,
-    measured against a hand-written scan). ``names`` maps the pytree structure of
-    ``(problem, state)`` to the ``info`` keys; it is filled when ``step`` is traced, so look it
-    up after ``step.lower(...)``.
+    ``run`` takes up to ``n`` iterations of ``solver.step`` in one ``lax.while_loop`` (``n`` is
+    an argument: any count, one compile) and returns ``(prev, state, rows, count)``:
+
+    - ``rows[i]`` packs iteration ``i``'s ``info`` (in the order of ``names``) and, last, whether
+      its new controls are all finite: one output buffer and one transfer per call (four
+      separate scalars per iteration cost 5-10 % of a gradient step on the reference problem);
+    - it stops early, after ``count < n`` iterations, at the first iteration whose loss,
+      gradient norm or new controls are not finite (the iterate is then *not* advanced: ``state``
+      is the iterate whose step failed and ``prev`` the one before it, or that iterate itself
+      if it failed first in the call), or whose loss is ``<= target`` or gradient norm
+      ``<= tol`` (advanced);
+    - otherwise ``state`` is the iterate after the last step and ``prev`` the one before it.
+
+    ``prev`` is not an argument (each argument leaf costs time in every call): :func:`solve`
+    keeps the previous call's ``prev`` for a failure first in a call.
+
+    Every iteration of every call runs the same compiled loop body, so a history does not depend
+    on how the iterations were split into calls. ``names`` maps the pytree structure of
+    ``(problem, state)`` to the ``info`` keys; it is filled when ``run`` is traced, so look it up
+    after ``run.lower(...)``.
     """
     names = {}
 
-    def run(problem, state):
-        new_state, info = solver.step(problem, state)
-        # One reduction over all controls joined (a reduction per leaf is a kernel each, as in
-        # tree_norm).
-        finite = jnp.all(jnp.isfinite(_joined(new_state.controls)))
-        keys = tuple(info)
-        names[jax.tree_util.tree_structure((problem, state))] = keys
-        dtype = jnp.result_type(float, *(info[k] for k in keys))
-        numbers = jnp.stack([jnp.asarray(info[k], dtype) for k in keys] + [finite.astype(dtype)])
-        return new_state, numbers
+    def run(problem, state, n, target, tol):
+        dtype = jnp.result_type(float)
+        key = jax.tree_util.tree_structure((problem, state))
+
+        def body(carry):
+            prev, state, i, rows, _ = carry
+            new, info = solver.step(problem, state)
+            keys = names[key] = tuple(info)
+            if len(keys) >= _ROW:
+                raise ValueError(f"solver {getattr(solver, 'name', solver)!r} logs {len(keys)} numbers "
+                                 f"per iteration; the driver packs at most {_ROW - 1}")
+            # One reduction over all controls joined (a reduction per leaf is a kernel each, as
+            # in tree_norm).
+            finite = jnp.all(jnp.isfinite(_joined(new.controls)))
+            row = jnp.stack([jnp.asarray(info[k], dtype) for k in keys] + [finite.astype(dtype)])
+            rows = jax.lax.dynamic_update_slice(rows, row[None], (i, jnp.zeros((), i.dtype)))
+            loss = jnp.asarray(info["loss"], dtype)
+            gnorm = jnp.asarray(info.get("grad_norm", 0.0), dtype)
+            bad = ~jnp.isfinite(loss) | ~jnp.isfinite(gnorm) | ~finite
+            done = (loss <= target) | ("grad_norm" in info and gnorm <= tol)
+            move = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(bad, x, y), a, b)  # noqa: E731
+            return move(prev, state), move(state, new), i + 1, rows, bad | done
+
+        rows = jnp.zeros((MAX_STEPS_PER_CALL, _ROW), dtype)
+        carry = (state, state, jnp.zeros((), jnp.int32), rows, jnp.zeros((), bool))
+        prev, state, count, rows, _ = jax.lax.while_loop(lambda c: (c[2] < n) & ~c[4], body, carry)
+        return prev, state, rows, count
 
     return jax.jit(run), names
 
 
+def _call_args(n, target=None, tol=None):
+    """The count and thresholds of a :func:`_compiled_step` call, typed so that every call
+    (whatever the numbers, ``None`` included) hits the same compiled loop."""
+    dtype = jnp.result_type(float)
+    off = lambda v: np.asarray(-np.inf if v is None else v, dtype)  # noqa: E731
+    if not 1 <= n <= MAX_STEPS_PER_CALL:
+        raise ValueError(f"a call runs 1 to {MAX_STEPS_PER_CALL} iterations, got {n}")
+    return np.asarray(n, np.int32), off(target), off(tol)
+
+
 def _compile(solver, problem, state):
-    """Compile the step for ``(problem, state)``: ``(step, names, executable, seconds)``.
+    """Compile the iterations for ``(problem, state)``: ``(run, names, executable, seconds)``.
 
-    Call ``step`` (jit's fast path then finds ``executable`` in its cache: nothing is compiled
-    twice); ``names`` are the ``info`` keys in the order of the packed numbers (:func:`_unpack`).
+    Call ``run(problem, state, *_call_args(n, target, tol))`` (jit's fast path then finds
+    ``executable`` in its cache: nothing is compiled twice); ``names`` are the ``info`` keys in
+    the order of each row (:func:`_unpack`).
     """
-    step, names = _compiled_step(solver)
+    run, names = _compiled_step(solver)
     t0 = time.perf_counter()
-    executable = step.lower(problem, state).compile()
+    executable = run.lower(problem, state, *_call_args(1)).compile()
     seconds = time.perf_counter() - t0
-    return step, names[jax.tree_util.tree_structure((problem, state))], executable, seconds
+    return run, names[jax.tree_util.tree_structure((problem, state))], executable, seconds
 
 
-def _unpack(names, numbers):
-    """``(info, finite)`` on the host from :func:`_compiled_step`'s packed numbers."""
-    numbers = np.asarray(jax.device_get(numbers))
-    return dict(zip(names, numbers[:-1].tolist())), bool(numbers[-1])
+def _unpack(names, rows, count):
+    """``[(info, finite), ...]`` on the host, one per iteration, from a :func:`_compiled_step`
+    call's ``rows`` and ``count``."""
+    rows, count = jax.device_get((rows, count))
+    m = len(names)
+    return [(dict(zip(names, r[:m].tolist())), bool(r[m])) for r in np.asarray(rows)[: int(count)]]
+
+
+def _next_call(fixed, done, seconds, left=None):
+    """Iterations of the next call: ``fixed`` if given; else doubling from 1, up to
+    ``CALL_SECONDS`` of work at the last measured ``seconds`` per iteration, to what is ``left``
+    of a time budget, and to :data:`MAX_STEPS_PER_CALL`."""
+    if fixed is not None:
+        return fixed
+    n = min(2 * done, MAX_STEPS_PER_CALL, max(1, int(CALL_SECONDS / max(seconds, 1e-9))))
+    if left is not None:
+        n = min(n, max(1, int(left / max(seconds, 1e-9))))
+    return n
 
 
 @jax.jit
@@ -119,6 +183,7 @@ def solve(
     checkpoint_every: int | None = None,
     resume=None,
     checkpoint_meta: dict | None = None,
+    steps_per_call: int | None = None,
 ) -> cn.Result:
     """Run ``solver`` on ``problem`` from ``controls``.
 
@@ -139,11 +204,23 @@ def solve(
             state's structure. The run continues the same history as an uninterrupted one (the
             same compiled step on the same state), bit for bit on the same machine.
         checkpoint_meta: extra JSON-able entries stored with each checkpoint (e.g. CLI options).
+        steps_per_call: iterations per compiled call (1 to :data:`MAX_STEPS_PER_CALL`); default
+            (``None``): sized to about :data:`CALL_SECONDS` each (module doc, "Calls"). It
+            changes only the timings: the history and the result are the same bit for bit.
+
+    Calls: the iterations run in calls of up to :data:`MAX_STEPS_PER_CALL` iterations, each one
+    ``lax.while_loop`` on the device that stops early on a target, a tolerance or a non-finite
+    number (:func:`_compiled_step`); the host then logs every iteration of the call and runs the
+    callback, checkpoints, progress bar and time budget between calls. A call per iteration paid
+    a fixed cost on the host and in the runtime (0.1-0.3 ms) that is as large as the gradient
+    step itself for small problems. The first call runs one iteration; later calls double, up to
+    about :data:`CALL_SECONDS` of work, so the budget and Ctrl-C are seen within that time.
+    ``info["time"]`` is the call's time divided by its iterations.
 
     Divergence: a non-finite loss at iterate ``j`` keeps iterate ``j−1`` (the last one whose loss
     was finite); a non-finite gradient norm or a non-finite next iterate keeps iterate ``j``.
     Either way the status is ``"diverged"`` and ``info["diverged_at"]`` is ``j`` (``j+1`` for a
-    non-finite next iterate). SIGINT (Ctrl-C) finishes the current iteration, then stops with
+    non-finite next iterate). SIGINT (Ctrl-C) finishes the current call, then stops with
     ``"interrupted"``, keeping (and checkpointing) the last completed iterate; a second SIGINT
     raises ``KeyboardInterrupt`` at once (the periodic checkpoints stay).
     """
@@ -154,6 +231,11 @@ def solve(
     if checkpoint_every is not None and (not isinstance(checkpoint_every, (int, np.integer))
                                          or isinstance(checkpoint_every, bool) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if steps_per_call is not None and (not isinstance(steps_per_call, (int, np.integer))
+                                       or isinstance(steps_per_call, bool)
+                                       or not 1 <= steps_per_call <= MAX_STEPS_PER_CALL):
+        raise ValueError(f"steps_per_call must be an integer from 1 to {MAX_STEPS_PER_CALL}, "
+                         f"got {steps_per_call!r}")
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("checkpoint_every needs a checkpoint file; pass checkpoint=path")
     _check_controls(problem, controls)
@@ -203,42 +285,53 @@ def solve(
                    disable=(None if progress is None else not progress),
                    desc=solver_name, leave=False)
         start = time.perf_counter()
-        it = start_it
+        it, per_call = start_it, 1  # per_call: iterations of the next call (module doc, "Calls")
         try:
-            while it < max_iters:
+            while it < max_iters and status == "max_iters":
                 if stop.requested:
                     status = "interrupted"
                     break
+                n = min(per_call, max_iters - it)
+                if checkpoint_every is not None:  # a call ends on every checkpoint
+                    n = min(n, checkpoint_every - it % checkpoint_every)
                 t = time.perf_counter()
-                new_state, numbers = step(problem, state)
-                info, finite = _unpack(names, numbers)  # one transfer for all numbers
-                info["time"] = time.perf_counter() - t
-                if not np.isfinite(info["loss"]):
-                    status, diverged_at = "diverged", it
-                    keep = state if prev is None else prev
+                limits = _call_args(n, target_loss, tol)
+                last, new_state, rows, count = step(problem, state, *limits)
+                done = _unpack(names, rows, count)  # one transfer for all numbers of the call
+                seconds = (time.perf_counter() - t) / len(done)
+                for row, (info, finite) in enumerate(done):  # _compiled_step's checks, on the host
+                    info["time"] = seconds
+                    if not np.isfinite(info["loss"]):
+                        status, diverged_at = "diverged", it
+                        keep = last if row else (state if prev is None else prev)
+                        break
+                    for k, v in info.items():
+                        history.setdefault(k, []).append(v)
+                    if not np.isfinite(info.get("grad_norm", 0.0)) or not finite:
+                        status, diverged_at, keep = "diverged", it + (0 if finite else 1), new_state
+                        break
+                    it += 1
+                    if callback is not None:
+                        callback(it - 1, info)
+                    # Compared in the step's precision, as the call did.
+                    if limits[1].dtype.type(info["loss"]) <= limits[1]:
+                        status = "target"
+                    elif "grad_norm" in info and limits[2].dtype.type(info["grad_norm"]) <= limits[2]:
+                        status = "converged"
+                if status == "diverged":
                     break
-                for k, v in info.items():
-                    history.setdefault(k, []).append(v)
-                if not np.isfinite(info.get("grad_norm", 0.0)) or not finite:
-                    status, diverged_at = "diverged", it + (0 if finite else 1)
-                    keep = state
-                    break
-                prev, state, it = state, new_state, it + 1
-                bar.update(1)
+                prev, state = last, new_state
+                bar.update(len(done))
                 bar.set_postfix(loss=f"{info['loss']:.4g}")
-                if callback is not None:
-                    callback(it - 1, info)
                 if checkpoint_every is not None and it % checkpoint_every == 0:
                     save(state, it)
-                if target_loss is not None and info["loss"] <= target_loss:
-                    status = "target"
-                    break
-                if tol is not None and info.get("grad_norm", np.inf) <= tol:
-                    status = "converged"
-                    break
-                if max_seconds is not None and time.perf_counter() - start >= max_seconds:
-                    status = "max_seconds"
-                    break
+                if status == "max_iters" and max_seconds is not None:
+                    left = max_seconds - (time.perf_counter() - start)
+                    if left <= 0:
+                        status = "max_seconds"
+                    per_call = _next_call(steps_per_call, len(done), seconds, left)
+                else:
+                    per_call = _next_call(steps_per_call, len(done), seconds)
         except KeyboardInterrupt:
             if stop.installed:  # a second Ctrl-C: stop everything now (e.g. a whole sweep)
                 raise

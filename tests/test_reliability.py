@@ -142,6 +142,8 @@ BAD_SOLVES = {
     "negative budget": (dict(max_iters=-1), "max_iters must be an integer >= 0"),
     "checkpoint_every without file": (dict(checkpoint_every=5), "needs a checkpoint file"),
     "checkpoint_every 0": (dict(checkpoint_every=0, checkpoint="x.npz"), "checkpoint_every must be a positive"),
+    "steps_per_call 0": (dict(steps_per_call=0), "steps_per_call must be an integer from 1 to"),
+    "steps_per_call too many": (dict(steps_per_call=10_000), "steps_per_call must be an integer from 1 to"),
 }
 
 
@@ -241,6 +243,37 @@ def test_nonfinite_gradient_or_iterate_stops_with_last_finite_iterate(what, kept
     assert leaves_equal(r.controls, expect)
 
 
+def _emsa():
+    return solvers.SOLVERS["emsa"]()
+
+
+# Stops mid-call (a target reached, a non-finite gradient or iterate, an overflowing step) and a
+# plain budget: how the driver splits the iterations into calls must change nothing.
+SPLITS = {
+    "gd, target": (lambda: GD, dict(max_iters=60, target_loss=0.66)),
+    "gd, tolerance": (lambda: GD, dict(max_iters=60, tol=0.035)),
+    "gd, overflow": (lambda: solvers.GradientDescent(optimizer=optax.sgd(1e50)), dict(max_iters=40)),
+    "scripted, gradient": (lambda: _Scripted(5, "grad"), dict(max_iters=20)),
+    "scripted, iterate": (lambda: _Scripted(4, "iterate"), dict(max_iters=20)),
+    "emsa, budget": (_emsa, dict(max_iters=9)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*diverged at iteration:RuntimeWarning")
+@pytest.mark.parametrize("case", list(SPLITS))
+def test_iterations_per_call_change_nothing_but_the_timings(case):
+    make, budget = SPLITS[case]
+    runs = [solvers.solve(make(), PROBLEM, C0, progress=False, steps_per_call=k, **budget)
+            for k in (1, 3, None)]
+    for r in runs[1:]:
+        assert (r.status, r.info["diverged_at"]) == (runs[0].status, runs[0].info["diverged_at"])
+        assert same_history(r.history, runs[0].history) and leaves_equal(r.controls, runs[0].controls)
+    # Each case stops where it says, inside a call of the default split (1, 2, 4, ...).
+    n = len(runs[0].history["loss"])
+    assert runs[0].status == {"target": "target", "tolerance": "converged", "budget": "max_iters"}.get(
+        case.split(", ")[1], "diverged") and n not in (1, 3, 7, 15, 31)
+
+
 # -- 3. checkpoints: resume continues the same history ---------------------------------------------
 def _solver_instances():
     """One instance per registered solver, default options; none for those that need options."""
@@ -297,18 +330,23 @@ def test_seed_reaches_the_solver():
     assert not np.array_equal(a.history["loss"], b.history["loss"])
 
 
-def test_sigint_finishes_the_iteration_checkpoints_and_resumes(tmp_path):
+@pytest.mark.parametrize("per_call", [1, None])
+def test_sigint_finishes_the_call_checkpoints_and_resumes(tmp_path, per_call):
+    # Ctrl-C during iteration 4 stops after the call that holds it: at once with one iteration
+    # per call; with the default split (calls of 1, 2, 4, ... iterations) after iterations 3-6.
     gd = GD_MINIBATCH
     ck = tmp_path / "checkpoint.npz"
     handler = signal.getsignal(signal.SIGINT)
 
     def interrupt(it, info):
-        if it == 6:
+        if it == 4:
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered mid-solve
 
-    r = solvers.solve(gd, PROBLEM, C0, max_iters=20, progress=False, callback=interrupt, checkpoint=ck)
-    assert r.status == "interrupted" and r.info["iterations"] == 7
-    assert io.checkpoint_info(ck)["iteration"] == 7
+    r = solvers.solve(gd, PROBLEM, C0, max_iters=20, progress=False, callback=interrupt, checkpoint=ck,
+                      steps_per_call=per_call)
+    stopped = 5 if per_call == 1 else 7
+    assert r.status == "interrupted" and r.info["iterations"] == stopped
+    assert io.checkpoint_info(ck)["iteration"] == stopped
     rest = solvers.solve(gd, PROBLEM, C0, max_iters=20, progress=False, resume=ck)
     full = solvers.solve(gd, PROBLEM, C0, max_iters=20, progress=False)
     assert same_history(full.history, rest.history) and leaves_equal(full.controls, rest.controls)
