@@ -1,8 +1,8 @@
 """Cost of one E-MSA iteration against one gradient step, and Li et al.'s ``sin x`` toy regression.
 
 Part 1, the reference problem: the ring lifted to width 3, 1,000 points, 50 layers, ``T = 5``,
-``σ(Wz+b)`` with ``tanh``, ``l2 = 1e-3``, float32. Times the compiled ``step`` of gradient
-descent (Adam), of E-MSA with 10 and with 3 (the default) safeguarded inner steps (closed-form
+``σ(Wz+b)`` with ``tanh``, ``l2 = 1e-3``, float32. Times the iterations, in the driver's
+compiled calls (as ``solvers.solve`` runs them, and one per call), of gradient descent (Adam), of E-MSA with 10 and with 3 (the default) safeguarded inner steps (closed-form
 inner gradient, the default), of the 10 with ``jax.grad`` inner gradients (the straightforward
 version), and of basic MSA.
 The solvers run interleaved, round after round, so machine load hits all alike, each for a block
@@ -35,36 +35,32 @@ import solvers
 from solvers.msa import MSA, ExtendedMSA
 
 
-def _timed_steps(named, problem, controls, rounds, block=6):
-    """Per solver ``(min, median, paired)``: seconds of one compiled ``step`` (min and median over
-    rounds of the per-round median) and the median over rounds of its ratio to the first solver.
+def _timed_steps(named, problem, controls, rounds, per_call=None, block=4):
+    """Per solver ``(min, median, paired)``: seconds of one iteration (min and median over rounds
+    of the per-round median) and the median over rounds of its ratio to the first solver.
 
-    Every round runs ``block`` consecutive steps of each solver in turn, and the first step of
-    each block is dropped: it pays for the data the other solvers pushed out of the caches. A
-    solver runs its steps back to back in a real solve, so that is the cost to compare; timing
-    single steps in turn instead made the (small) gradient step pay that price every time and
-    flattered the others by about 1.5x.
+    Each solver runs through the driver's compiled calls (:func:`benchmarks.peers.driver_calls`),
+    ``per_call`` iterations each; default as many as ``solvers.solve`` runs per call (about
+    ``CALL_SECONDS`` of work), ``1`` for one iteration per call. Every round runs ``block``
+    consecutive calls of each solver in turn, and the first call of each block is dropped: it
+    pays for the data the other solvers pushed out of the caches. A solver runs back to back in
+    a real solve, so that is the cost to compare; timing single steps in turn instead made the
+    (small) gradient step pay that price every time and flattered the others by about 1.5x.
     """
-    runs = {}
-    for name, solver in named.items():
-        state = solver.init(problem, controls, key=jax.random.PRNGKey(0))
-        step = jax.jit(solver.step).lower(problem, state).compile()
-        state, _ = step(problem, state)  # warm up
-        jax.block_until_ready(state)
-        runs[name] = [step, state]
+    from benchmarks.peers import driver_calls
+
+    runs = {name: driver_calls(solver, problem, per_call, controls)[0] for name, solver in named.items()}
     per_round = {name: [] for name in named}
     for _ in range(rounds):
         for name, run in runs.items():
             times = []
             for _ in range(block):
                 t = time.perf_counter()
-                state, info = run[0](problem, run[1])
-                jax.block_until_ready((state, info))
-                times.append(time.perf_counter() - t)
-                run[1] = state
+                run()
+                times.append((time.perf_counter() - t) / run.steps)
             per_round[name].append(float(np.median(times[1:])))
     base = np.asarray(per_round[next(iter(named))])
-    return {name: (float(np.min(t)), float(np.median(t)), float(np.median(np.asarray(t) / base)))
+    return {name: (float(np.min(t)), float(np.median(t)), float(np.median(np.asarray(t) / base)), runs[name].steps)
             for name, t in per_round.items()}
 
 
@@ -80,15 +76,19 @@ def cost(rounds: int):
         "emsa, 10 inner, autodiff": ExtendedMSA(rho=5.0, inner_steps=10, inner_gradient="autodiff"),
         "msa, 10 inner, closed form": MSA(inner_steps=10),
     }
-    med = _timed_steps(named, problem, controls, rounds)
-    base = med["gd (adam)"]
     print(f"reference problem: ring, width 3, S = {problem.S}, N = {problem.N}, T = {float(problem.T)}, "
           f"tanh, l2 = 1e-3, {jax.numpy.result_type(float).name}; {rounds} interleaved rounds")
-    print(f"  {'':32s} {'min':>8s} {'median':>8s}   ratio to a gradient step (min, median, paired)")
-    for name, (lo, mid, paired) in med.items():
-        print(f"  {name:32s} {1e3 * lo:6.2f}ms {1e3 * mid:6.2f}ms   {lo / base[0]:5.2f} {mid / base[1]:5.2f} "
-              f"{paired:5.2f}")
-    return med
+    out = {}
+    for label, per_call in (("as solvers.solve runs them (calls of ~CALL_SECONDS)", None),
+                            ("one iteration per call", 1)):
+        med = out[label] = _timed_steps(named, problem, controls, rounds, per_call)
+        base = med["gd (adam)"]
+        print(f" iterations {label}:")
+        print(f"  {'':32s} {'per call':>8s} {'min':>8s} {'median':>8s}   ratio to a gradient step (min, median, paired)")
+        for name, (lo, mid, paired, k) in med.items():
+            print(f"  {name:32s} {k:8d} {1e3 * lo:6.2f}ms {1e3 * mid:6.2f}ms   {lo / base[0]:5.2f} "
+                  f"{mid / base[1]:5.2f} {paired:5.2f}")
+    return out
 
 
 def time_to_target(target: float = 0.05, max_iters: int = 3000, repeats: int = 3, seeds=(0, 1, 2)):

@@ -86,24 +86,42 @@ def _block(x):
     return jax.block_until_ready(x)
 
 
-def driver_calls(solver, problem, per_call):
+def driver_calls(solver, problem, per_call=None, controls=None):
     """The driver's compiled call of ``per_call`` iterations, as ``solvers.solve`` runs it:
     ``(run, compile_s, executable)``; ``run()`` takes the iterations (one transfer of all their
-    logged numbers) and returns the loss of the first; ``run.steps = per_call``."""
+    logged numbers) and returns the loss of the first; ``run.steps`` is the count.
+
+    ``per_call=None`` sizes the calls as ``solvers.solve`` does once warm: about
+    ``CALL_SECONDS`` of work from a timed iteration, at most ``MAX_STEPS_PER_CALL``.
+    ``controls``: the start (default the problem's ``init_controls`` of key 0).
+    """
     import jax
 
-    from solvers.driver import _call_args, _compile, _unpack
+    from solvers.driver import CALL_SECONDS, MAX_STEPS_PER_CALL, _call_args, _compile, _unpack
 
-    state = solver.init(problem, problem.init_controls(jax.random.PRNGKey(0)), key=jax.random.PRNGKey(0))
+    if controls is None:
+        controls = problem.init_controls(jax.random.PRNGKey(0))
+    state = solver.init(problem, controls, key=jax.random.PRNGKey(0))
     call, names, executable, compile_s = _compile(solver, problem, state)
-    args, held = _call_args(per_call), [state]
+    held = [state]
 
-    def run():
-        _, held[0], rows, count = call(problem, held[0], *args)
-        return _unpack(names, rows, count)[0][0]["loss"]
+    def make(n):
+        args = _call_args(n)
 
-    run.steps = per_call
-    return run, compile_s, executable
+        def run():
+            _, held[0], rows, count = call(problem, held[0], *args)
+            return _unpack(names, rows, count)[0][0]["loss"]
+
+        run.steps = n
+        return run
+
+    if per_call is None:
+        run = make(1)
+        run()  # the first execution outside the estimate
+        t = time.perf_counter()
+        run()
+        per_call = int(min(MAX_STEPS_PER_CALL, max(1, CALL_SECONDS / (time.perf_counter() - t))))
+    return make(per_call), compile_s, executable
 
 
 def controlnet_gd(problem, gradient="adjoint", per_call=1):

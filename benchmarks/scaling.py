@@ -43,27 +43,18 @@ def _problem(S, N):
 
 def gd_step(problem, block=None, per_call=None):
     """The driver's compiled GD call on ``problem``: ``(run, compile_s, executable)``; ``run()``
-    takes ``run.steps`` Adam steps and returns the first loss.
+    takes ``run.steps`` Adam steps (default: as many per call as ``solvers.solve`` runs) and
+    returns the first loss (:func:`benchmarks.peers.driver_calls`).
 
     ``block`` sets ``GradientDescent(checkpoint_block=block)``: the checkpointed adjoint pass.
-    ``per_call``: iterations per call; default as ``solvers.solve`` sizes them (about
-    ``CALL_SECONDS`` of work, at most ``MAX_STEPS_PER_CALL``), from a timed warm call.
     """
     import optax
 
     import solvers
     from benchmarks.peers import driver_calls
-    from solvers.driver import CALL_SECONDS, MAX_STEPS_PER_CALL
 
     gd = solvers.GradientDescent(optax.adam(1e-2), checkpoint_block=block or None)
-    run, compile_s, executable = driver_calls(gd, problem, per_call or 1)
-    if per_call is None:
-        run()  # the first execution outside the estimate
-        t = time.perf_counter()
-        run()
-        per_call = int(min(MAX_STEPS_PER_CALL, max(1, CALL_SECONDS / (time.perf_counter() - t))))
-        run = driver_calls(gd, problem, per_call)[0]  # the same executable (jit's cache)
-    return run, compile_s, executable
+    return driver_calls(gd, problem, per_call)
 
 
 def _slope(xs, ts):
