@@ -10,10 +10,11 @@ A solver that is not a jitted step (the direct solver: one IPOPT solve) has inst
 ``run(problem, controls, **budget) -> Result``, and ``solve`` hands over to it.
 
 ``solve`` compiles ``step`` once, inside a device-side loop that runs many iterations per call
-(:func:`_compiled_step`), records ``info`` and the wall time of every iteration, stops on a budget (iterations, seconds), a tolerance on the gradient norm or a target
-loss, and returns a :class:`controlnet.Result`. A non-finite loss or iterate stops the solve with
-status ``"diverged"`` and keeps the last finite iterate; Ctrl-C stops it with ``"interrupted"``
-and keeps the last completed iterate. With a checkpoint file, the whole solver state (controls,
+(:func:`_compiled_step`), records ``info`` and the wall time of every iteration, stops on a
+budget (iterations, seconds), a tolerance on the gradient norm or a target loss, and returns a
+:class:`controlnet.Result`. A non-finite loss or iterate stops the solve with status
+``"diverged"`` and keeps the last finite iterate; Ctrl-C stops it with ``"interrupted"`` and
+keeps the last completed iterate. With a checkpoint file, the whole solver state (controls,
 optimizer state, PRNG key, iteration count) and the history are saved every ``K`` iterations,
 on Ctrl-C and at the end, and ``resume=`` continues the same history as an uninterrupted run.
 """
