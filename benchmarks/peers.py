@@ -109,7 +109,7 @@ def driver_calls(solver, problem, per_call=None, controls=None):
         args = _call_args(n)
 
         def run():
-            _, held[0], rows, count = call(problem, held[0], *args)
+            held[0], rows, count = call(problem, held[0], *args)
             return _unpack(names, rows, count)[0][0]["loss"]
 
         run.steps = n

@@ -53,25 +53,23 @@ def _compiled_step(solver):
     numbers it logs.
 
     ``run`` takes up to ``n`` iterations of ``solver.step`` in one ``lax.while_loop`` (``n`` is
-    an argument: any count, one compile) and returns ``(prev, state, rows, count)``:
+    an argument: any count, one compile) and returns ``(state, rows, count)``:
 
     - ``rows[i]`` packs iteration ``i``'s ``info`` (in the order of ``names``) and, last, whether
       its new controls are all finite: one output buffer and one transfer per call (four
       separate scalars per iteration cost 5-10 % of a gradient step on the reference problem);
-    - it stops early, after ``count < n`` iterations, at the first iteration whose loss,
-      gradient norm or new controls are not finite (the iterate is then *not* advanced: ``state``
-      is the iterate whose step failed and ``prev`` the one before it, or that iterate itself
-      if it failed first in the call), or whose loss is ``<= target`` or gradient norm
-      ``<= tol`` (advanced);
-    - otherwise ``state`` is the iterate after the last step and ``prev`` the one before it.
+    - it stops early, after ``count < n`` iterations, at the first iteration whose loss is
+      ``<= target`` or gradient norm ``<= tol``, or whose loss, gradient norm or new controls
+      are not finite: ``state`` is then of no use, and :func:`solve` gets the iterate it keeps
+      by running the same call again from an earlier state, for fewer iterations
+      (:func:`_replay`);
+    - ``state`` is the iterate after the last iteration.
 
-    ``prev`` is not an argument (each argument leaf costs time in every call): :func:`solve`
-    keeps the previous call's ``prev`` for a failure first in a call.
-
-    Every iteration of every call runs the same compiled loop body, so a history does not depend
-    on how the iterations were split into calls. ``names`` maps the pytree structure of
-    ``(problem, state)`` to the ``info`` keys; it is filled when ``run`` is traced, so look it up
-    after ``run.lower(...)``.
+    The loop carries one state and nothing else (selecting between states inside the loop, to
+    stop on the last finite one, made the compile 30 % longer). Every iteration of every call
+    runs the same compiled loop body, so a history does not depend on how the iterations were
+    split into calls. ``names`` maps the pytree structure of ``(problem, state)`` to the
+    ``info`` keys; it is filled when ``run`` is traced, so look it up after ``run.lower(...)``.
     """
     names = {}
 
@@ -80,7 +78,7 @@ def _compiled_step(solver):
         key = jax.tree_util.tree_structure((problem, state))
 
         def body(carry):
-            prev, state, i, rows, _ = carry
+            state, i, rows, _ = carry
             new, info = solver.step(problem, state)
             keys = names[key] = tuple(info)
             if len(keys) >= _ROW:
@@ -95,13 +93,12 @@ def _compiled_step(solver):
             gnorm = jnp.asarray(info.get("grad_norm", 0.0), dtype)
             bad = ~jnp.isfinite(loss) | ~jnp.isfinite(gnorm) | ~finite
             done = (loss <= target) | ("grad_norm" in info and gnorm <= tol)
-            move = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(bad, x, y), a, b)  # noqa: E731
-            return move(prev, state), move(state, new), i + 1, rows, bad | done
+            return new, i + 1, rows, bad | done
 
         rows = jnp.zeros((MAX_STEPS_PER_CALL, _ROW), dtype)
-        carry = (state, state, jnp.zeros((), jnp.int32), rows, jnp.zeros((), bool))
-        prev, state, count, rows, _ = jax.lax.while_loop(lambda c: (c[2] < n) & ~c[4], body, carry)
-        return prev, state, rows, count
+        carry = (state, jnp.zeros((), jnp.int32), rows, jnp.zeros((), bool))
+        state, count, rows, _ = jax.lax.while_loop(lambda c: (c[1] < n) & ~c[3], body, carry)
+        return state, rows, count
 
     return jax.jit(run), names
 
@@ -148,6 +145,20 @@ def _next_call(fixed, done, seconds, left=None):
     if left is not None:
         n = min(n, max(1, int(left / max(seconds, 1e-9))))
     return n
+
+
+def _replay(run, problem, start, k, before=None):
+    """The iterate ``k`` iterations after ``start`` (``k >= -1``), by the same compiled call
+    (:func:`_compiled_step`), so bit for bit the iterate the failed call passed through.
+
+    ``k = -1`` is the iterate before ``start``: ``before = (state, m)``, the previous call's
+    start and its iteration count, replayed ``m - 1`` iterations (``None``: ``start`` was the
+    first iterate of the solve, which is then kept)."""
+    if k < 0:
+        if before is None:
+            return start
+        start, k = before[0], before[1] - 1
+    return start if k == 0 else run(problem, start, *_call_args(k))[0]
 
 
 @jax.jit
@@ -216,7 +227,9 @@ def solve(
     a fixed cost on the host and in the runtime (0.1-0.3 ms) that is as large as the gradient
     step itself for small problems. The first call runs one iteration; later calls double, up to
     about :data:`CALL_SECONDS` of work, so the budget and Ctrl-C are seen within that time.
-    ``info["time"]`` is the call's time divided by its iterations.
+    ``info["time"]`` is the call's time divided by its iterations. A call that stops on a
+    non-finite number has already stepped past the iterate to keep; the driver runs the same
+    compiled call again, from the start of that call (or of the one before), up to that iterate.
 
     Divergence: a non-finite loss at iterate ``j`` keeps iterate ``j−1`` (the last one whose loss
     was finite); a non-finite gradient norm or a non-finite next iterate keeps iterate ``j``.
@@ -281,7 +294,7 @@ def solve(
         step, names, _, compile_time = _compile(solver, problem, state)  # timed apart
 
         status, diverged_at = "max_iters", None
-        prev, keep = None, None  # keep: the iterate to return when the solve diverged
+        before, keep = None, None  # before: (start, iterations) of the previous call; keep: see below
         bar = tqdm(total=max_iters, initial=min(start_it, max_iters),
                    disable=(None if progress is None else not progress),
                    desc=solver_name, leave=False)
@@ -297,19 +310,20 @@ def solve(
                     n = min(n, checkpoint_every - it % checkpoint_every)
                 t = time.perf_counter()
                 limits = _call_args(n, target_loss, tol)
-                last, new_state, rows, count = step(problem, state, *limits)
+                new_state, rows, count = step(problem, state, *limits)
                 done = _unpack(names, rows, count)  # one transfer for all numbers of the call
                 seconds = (time.perf_counter() - t) / len(done)
                 for row, (info, finite) in enumerate(done):  # _compiled_step's checks, on the host
                     info["time"] = seconds
                     if not np.isfinite(info["loss"]):
                         status, diverged_at = "diverged", it
-                        keep = last if row else (state if prev is None else prev)
+                        keep = _replay(step, problem, state, row - 1, before)  # iterate j−1
                         break
                     for k, v in info.items():
                         history.setdefault(k, []).append(v)
                     if not np.isfinite(info.get("grad_norm", 0.0)) or not finite:
-                        status, diverged_at, keep = "diverged", it + (0 if finite else 1), new_state
+                        status, diverged_at = "diverged", it + (0 if finite else 1)
+                        keep = _replay(step, problem, state, row, before)  # iterate j
                         break
                     it += 1
                     if callback is not None:
@@ -321,7 +335,7 @@ def solve(
                         status = "converged"
                 if status == "diverged":
                     break
-                prev, state = last, new_state
+                before, state = (state, len(done)), new_state
                 bar.update(len(done))
                 bar.set_postfix(loss=f"{info['loss']:.4g}")
                 if checkpoint_every is not None and it % checkpoint_every == 0:
