@@ -138,10 +138,16 @@ def _unpack(names, rows, count):
 def _next_call(fixed, done, seconds, left=None):
     """Iterations of the next call: ``fixed`` if given; else doubling from 1, up to
     ``CALL_SECONDS`` of work at the last measured ``seconds`` per iteration, to what is ``left``
-    of a time budget, and to :data:`MAX_STEPS_PER_CALL`."""
+    of a time budget, and to :data:`MAX_STEPS_PER_CALL`.
+
+    With several processes (``jax.distributed``) every process must run the same calls (each
+    call is a collective program), and their clocks differ: there the count only doubles."""
     if fixed is not None:
         return fixed
-    n = min(2 * done, MAX_STEPS_PER_CALL, max(1, int(CALL_SECONDS / max(seconds, 1e-9))))
+    n = min(2 * done, MAX_STEPS_PER_CALL)
+    if jax.process_count() > 1:
+        return n
+    n = min(n, max(1, int(CALL_SECONDS / max(seconds, 1e-9))))
     if left is not None:
         n = min(n, max(1, int(left / max(seconds, 1e-9))))
     return n
