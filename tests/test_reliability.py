@@ -274,6 +274,18 @@ def test_iterations_per_call_change_nothing_but_the_timings(case):
         case.split(", ")[1], "diverged") and n not in (1, 3, 7, 15, 31)
 
 
+def test_call_sizes_follow_the_clock_only_in_one_process(monkeypatch):
+    from solvers.driver import CALL_SECONDS, MAX_STEPS_PER_CALL, _next_call
+
+    slow = 2 * CALL_SECONDS  # an iteration longer than a call should take
+    assert _next_call(None, 8, slow) == 1 and _next_call(None, 8, 1e-6) == 16
+    assert _next_call(None, 100, 1e-6) == MAX_STEPS_PER_CALL and _next_call(5, 8, slow) == 5
+    assert _next_call(None, 8, 1e-3, left=4e-3) == 4  # what is left of max_seconds
+    # Several processes run every call together, and their clocks differ: doubling only.
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert _next_call(None, 8, slow) == 16 and _next_call(None, 8, 1e-3, left=4e-3) == 16
+
+
 # -- 3. checkpoints: resume continues the same history ---------------------------------------------
 def _solver_instances():
     """One instance per registered solver, default options; none for those that need options."""
