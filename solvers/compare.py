@@ -41,7 +41,8 @@ def time_to_target(history: dict, target: float):
     """``(seconds, iterations)`` until ``history["loss"]`` first is ``<= target``, else ``(None, None)``.
 
     ``history["loss"][j]`` is the loss of iterate ``j``, reached after the ``j`` steps before
-    it: the time is the sum of ``history["time"][:j]``.
+    it: the time is the sum of ``history["time"][:j]`` (inside one of the driver's calls of many
+    iterations, each has the call's mean time, so ``j`` inside a call is interpolated).
     """
     loss = np.asarray(history.get("loss", ()), dtype=float)
     hit = np.flatnonzero(loss <= target)
