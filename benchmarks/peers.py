@@ -92,7 +92,8 @@ def driver_calls(solver, problem, per_call=None, controls=None):
     logged numbers) and returns the loss of the first; ``run.steps`` is the count.
 
     ``per_call=None`` sizes the calls as ``solvers.solve`` does once warm: about
-    ``CALL_SECONDS`` of work from a timed iteration, at most ``MAX_STEPS_PER_CALL``.
+    ``CALL_SECONDS`` of work at the fastest of five timed iterations, at most
+    ``MAX_STEPS_PER_CALL``.
     ``controls``: the start (default the problem's ``init_controls`` of key 0).
     """
     import jax
@@ -109,18 +110,21 @@ def driver_calls(solver, problem, per_call=None, controls=None):
         args = _call_args(n)
 
         def run():
-            held[0], rows, count = call(problem, held[0], *args)
-            return _unpack(names, rows, count)[0][0]["loss"]
+            held[0], rows = call(problem, held[0], *args)
+            return _unpack(names, rows)[0][0]["loss"]
 
         run.steps = n
         return run
 
-    if per_call is None:
+    if per_call is None:  # from the fastest of five timed single calls (one can be slowed by load)
         run = make(1)
         run()  # the first execution outside the estimate
-        t = time.perf_counter()
-        run()
-        per_call = int(min(MAX_STEPS_PER_CALL, max(1, CALL_SECONDS / (time.perf_counter() - t))))
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        per_call = int(min(MAX_STEPS_PER_CALL, max(1, CALL_SECONDS / min(times))))
     return make(per_call), compile_s, executable
 
 

@@ -53,12 +53,14 @@ def _compiled_step(solver):
     numbers it logs.
 
     ``run`` takes up to ``n`` iterations of ``solver.step`` in one ``lax.while_loop`` (``n`` is
-    an argument: any count, one compile) and returns ``(state, rows, count)``:
+    an argument: any count, one compile) and returns ``(state, rows)``:
 
-    - ``rows[i]`` packs iteration ``i``'s ``info`` (in the order of ``names``) and, last, whether
-      its new controls are all finite: one output buffer and one transfer per call (four
-      separate scalars per iteration cost 5-10 % of a gradient step on the reference problem);
-    - it stops early, after ``count < n`` iterations, at the first iteration whose loss is
+    - ``rows[i]`` packs iteration ``i``'s ``info`` (in the order of ``names``), then whether its
+      new controls are all finite, and a 1 in the last column (the rows of iterations not run
+      are zeros): one output buffer and one transfer per call (four separate scalars per
+      iteration cost 5-10 % of a gradient step on the reference problem, and a separate count
+      10 % of a one-iteration call);
+    - it stops early, after fewer than ``n`` iterations, at the first iteration whose loss is
       ``<= target`` or gradient norm ``<= tol``, or whose loss, gradient norm or new controls
       are not finite: ``state`` is then of no use, and :func:`solve` gets the iterate it keeps
       by running the same call again from an earlier state, for fewer iterations
@@ -81,13 +83,15 @@ def _compiled_step(solver):
             state, i, rows, _ = carry
             new, info = solver.step(problem, state)
             keys = names[key] = tuple(info)
-            if len(keys) >= _ROW:
+            if len(keys) > _ROW - 2:
                 raise ValueError(f"solver {getattr(solver, 'name', solver)!r} logs {len(keys)} numbers "
-                                 f"per iteration; the driver packs at most {_ROW - 1}")
+                                 f"per iteration; the driver packs at most {_ROW - 2}")
             # One reduction over all controls joined (a reduction per leaf is a kernel each, as
             # in tree_norm).
             finite = jnp.all(jnp.isfinite(_joined(new.controls)))
-            row = jnp.stack([jnp.asarray(info[k], dtype) for k in keys] + [finite.astype(dtype)])
+            row = jnp.zeros(_ROW, dtype).at[-1].set(1)
+            row = row.at[: len(keys) + 1].set(jnp.stack([jnp.asarray(info[k], dtype) for k in keys]
+                                                       + [finite.astype(dtype)]))
             rows = jax.lax.dynamic_update_slice(rows, row[None], (i, jnp.zeros((), i.dtype)))
             loss = jnp.asarray(info["loss"], dtype)
             gnorm = jnp.asarray(info.get("grad_norm", 0.0), dtype)
@@ -97,8 +101,8 @@ def _compiled_step(solver):
 
         rows = jnp.zeros((MAX_STEPS_PER_CALL, _ROW), dtype)
         carry = (state, jnp.zeros((), jnp.int32), rows, jnp.zeros((), bool))
-        state, count, rows, _ = jax.lax.while_loop(lambda c: (c[1] < n) & ~c[3], body, carry)
-        return state, rows, count
+        state, _, rows, _ = jax.lax.while_loop(lambda c: (c[1] < n) & ~c[3], body, carry)
+        return state, rows
 
     return jax.jit(run), names
 
@@ -127,12 +131,12 @@ def _compile(solver, problem, state):
     return run, names[jax.tree_util.tree_structure((problem, state))], executable, seconds
 
 
-def _unpack(names, rows, count):
-    """``[(info, finite), ...]`` on the host, one per iteration, from a :func:`_compiled_step`
-    call's ``rows`` and ``count``."""
-    rows, count = jax.device_get((rows, count))
+def _unpack(names, rows):
+    """``[(info, finite), ...]`` on the host, one per iteration run, from a
+    :func:`_compiled_step` call's ``rows`` (one transfer)."""
+    rows = np.asarray(rows)  # (jax.device_get costs 10 µs more, a tenth of a small call's overhead)
     m = len(names)
-    return [(dict(zip(names, r[:m].tolist())), bool(r[m])) for r in np.asarray(rows)[: int(count)]]
+    return [(dict(zip(names, r[:m])), bool(r[m])) for r in rows[rows[:, -1] == 1].tolist()]
 
 
 def _next_call(fixed, done, seconds, left=None):
@@ -316,8 +320,8 @@ def solve(
                     n = min(n, checkpoint_every - it % checkpoint_every)
                 t = time.perf_counter()
                 limits = _call_args(n, target_loss, tol)
-                new_state, rows, count = step(problem, state, *limits)
-                done = _unpack(names, rows, count)  # one transfer for all numbers of the call
+                new_state, rows = step(problem, state, *limits)
+                done = _unpack(names, rows)  # one transfer for all numbers of the call
                 seconds = (time.perf_counter() - t) / len(done)
                 for row, (info, finite) in enumerate(done):  # _compiled_step's checks, on the host
                     info["time"] = seconds
