@@ -176,6 +176,9 @@ def test_solve_traces_the_step_once_and_reuses_it_for_new_numbers():
                            np.asarray(p.y), T=np.float64(2.5), l2=np.float32(1e-3))
     solvers.solve(solver, p3, c, max_iters=2)
     assert len(traces) == 1
+    # A target, a tolerance, other call sizes: arguments of the same compiled loop.
+    solvers.solve(solver, p, c, max_iters=9, target_loss=0.1, tol=1e-9, steps_per_call=4)
+    assert len(traces) == 1
 
 
 def _solvers():
