@@ -508,8 +508,7 @@ def run_others(log=print) -> dict:
         js = [ln for ln in lines if ln.startswith("RESULT-JSON ")]
         if js:
             entry["result"] = json.loads(js[-1][len("RESULT-JSON "):])
-        else:
-            entry["output"] = lines
+        entry["output"] = [ln for ln in lines if not ln.startswith("RESULT-JSON ")]
         if p.returncode:
             entry["stderr"] = p.stderr[-2000:]
         out[key] = entry
@@ -557,7 +556,7 @@ def main(argv=None):
     if not a.skip_others:
         for key, value in run_others().items():
             merge_results(key, value, a.out)
-            body = value.get("result") or "\n".join(value.get("output", [])) or value
+            body = "\n".join(value.get("output", [])) or value  # the module's own tables
             print(f"\n{key} ({value.get('command', '')}):\n{body}")
     print(f"written to {a.out}")
 
