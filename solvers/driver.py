@@ -58,8 +58,8 @@ def _compiled_step(solver):
     - ``rows[i]`` packs iteration ``i``'s ``info`` (in the order of ``names``), then whether its
       new controls are all finite, and a 1 in the last column (the rows of iterations not run
       are zeros): one output buffer and one transfer per call (four separate scalars per
-      iteration cost 5-10 % of a gradient step on the reference problem, and a separate count
-      10 % of a one-iteration call);
+      iteration cost 5-10 % of a gradient step on the reference problem; fetching a separate
+      count with the rows, up to 10 % of a one-iteration call);
     - it stops early, after fewer than ``n`` iterations, at the first iteration whose loss is
       ``<= target`` or gradient norm ``<= tol``, or whose loss, gradient norm or new controls
       are not finite: ``state`` is then of no use, and :func:`solve` gets the iterate it keeps
@@ -350,13 +350,10 @@ def solve(
                 bar.set_postfix(loss=f"{info['loss']:.4g}")
                 if checkpoint_every is not None and it % checkpoint_every == 0:
                     save(state, it)
-                if status == "max_iters" and max_seconds is not None:
-                    left = max_seconds - (time.perf_counter() - start)
-                    if left <= 0:
-                        status = "max_seconds"
-                    per_call = _next_call(steps_per_call, len(done), seconds, left)
-                else:
-                    per_call = _next_call(steps_per_call, len(done), seconds)
+                left = None if max_seconds is None else max_seconds - (time.perf_counter() - start)
+                if left is not None and left <= 0 and status == "max_iters":
+                    status = "max_seconds"
+                per_call = _next_call(steps_per_call, len(done), seconds, left)
         except KeyboardInterrupt:
             if stop.installed:  # a second Ctrl-C: stop everything now (e.g. a whole sweep)
                 raise
