@@ -2,13 +2,13 @@
 
 Part 1, the reference problem: the ring lifted to width 3, 1,000 points, 50 layers, ``T = 5``,
 ``σ(Wz+b)`` with ``tanh``, ``l2 = 1e-3``, float32. Times the iterations, in the driver's
-compiled calls (as ``solvers.solve`` runs them, and one per call), of gradient descent (Adam), of E-MSA with 10 and with 3 (the default) safeguarded inner steps (closed-form
+compiled calls (as many per call as ``solvers.solve`` runs, and one per call), of gradient
+descent (Adam), of E-MSA with 10 and with 3 (the default) safeguarded inner steps (closed-form
 inner gradient, the default), of the 10 with ``jax.grad`` inner gradients (the straightforward
-version), and of basic MSA.
-The solvers run interleaved, round after round, so machine load hits all alike, each for a block
-of consecutive steps whose first (cache-cold) step is dropped; the minimum and the median of the
-per-round medians are reported, and their ratios to the gradient step (also paired per round)
-are the result.
+version), and of basic MSA. The solvers run interleaved, round after round, so machine load
+hits all alike, each for a block of consecutive calls whose first (cache-cold) call is dropped;
+the minimum and the median of the per-round medians are reported, and their ratios to the
+gradient step (also paired per round) are the result.
 
 Part 2, Li, Chen, Tai & E (JMLR 2018), toy regression: fit ``sin x`` on ``[−π, π]`` with 20
 residual ``tanh`` layers of width 5, ``δ = h = 0.25``; E-MSA with ``ρ = 1`` against Adam, loss
@@ -36,8 +36,9 @@ from solvers.msa import MSA, ExtendedMSA
 
 
 def _timed_steps(named, problem, controls, rounds, per_call=None, block=4):
-    """Per solver ``(min, median, paired)``: seconds of one iteration (min and median over rounds
-    of the per-round median) and the median over rounds of its ratio to the first solver.
+    """Per solver ``(min, median, paired, per_call)``: seconds of one iteration (min and median
+    over rounds of the per-round median), the median over rounds of its ratio to the first
+    solver, and the iterations per call.
 
     Each solver runs through the driver's compiled calls (:func:`benchmarks.peers.driver_calls`),
     ``per_call`` iterations each; default as many as ``solvers.solve`` runs per call (about
