@@ -157,6 +157,18 @@ def _next_call(fixed, done, seconds, left=None):
     return n
 
 
+def _agree(*flags):
+    """Each flag, true if it is true in any process: with several processes (``jax.distributed``)
+    every process must make the same calls, so a stop (Ctrl-C, the time budget: each process
+    has its own signal and clock) is decided together, after every call."""
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    every = multihost_utils.process_allgather(np.asarray(flags, bool))
+    return tuple(bool(f) for f in np.any(np.reshape(every, (-1, len(flags))), axis=0))
+
+
 def _replay(run, problem, start, k, before=None):
     """The iterate ``k`` iterations after ``start`` (``k >= -1``), by the same compiled call
     (:func:`_compiled_step`), so bit for bit the iterate the failed call passed through.
@@ -312,9 +324,6 @@ def solve(
         it, per_call = start_it, 1  # per_call: iterations of the next call (module doc, "Calls")
         try:
             while it < max_iters and status == "max_iters":
-                if stop.requested:
-                    status = "interrupted"
-                    break
                 n = min(per_call, max_iters - it)
                 if checkpoint_every is not None:  # a call ends on every checkpoint
                     n = min(n, checkpoint_every - it % checkpoint_every)
@@ -351,7 +360,10 @@ def solve(
                 if checkpoint_every is not None and it % checkpoint_every == 0:
                     save(state, it)
                 left = None if max_seconds is None else max_seconds - (time.perf_counter() - start)
-                if left is not None and left <= 0 and status == "max_iters":
+                interrupted, out_of_time = _agree(stop.requested, left is not None and left <= 0)
+                if status == "max_iters" and interrupted and it < max_iters:
+                    status = "interrupted"
+                elif status == "max_iters" and out_of_time:
                     status = "max_seconds"
                 per_call = _next_call(steps_per_call, len(done), seconds, left)
         except KeyboardInterrupt:

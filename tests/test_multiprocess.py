@@ -6,7 +6,8 @@ assembles the global arrays (:func:`solvers.sharding.shard_problem`), and gradie
 extended MSA run on the four devices. Every process also runs the same solve on one local
 device; the histories and final controls must agree to round-off (float64), both processes must
 see the same global data (the driver's fingerprint hashes the gathered arrays), and the
-checkpoint is written by process 0 alone.
+checkpoint is written by process 0 alone. A time budget spent on one process only stops both
+after the same call.
 """
 
 import json
@@ -58,6 +59,12 @@ WORKER = textwrap.dedent(r"""
                      "controls_max_diff": max(diffs), "loss_drop": float(l1[0] - l1[-1]),
                      "iters": len(lN), "status": rN.status,
                      "devices_of_x": len(ps.x.sharding.device_set)}
+    # Each process has its own clock: here process 1's budget is spent at once, process 0's
+    # never. They must still stop together (after the first call), or the next call would wait
+    # forever for the process that left.
+    gd = solvers.GradientDescent(optax.adam(2e-2))
+    r = solvers.solve(gd, ps, cs, max_iters=50, max_seconds=1e-9 if pid == 1 else 1e6, progress=False)
+    out["budget"] = {"status": r.status, "iters": len(r.history["loss"])}
     print("RESULT " + json.dumps(out), flush=True)
 """)
 
@@ -112,3 +119,8 @@ def test_two_processes_equal_one_device(two_processes, solver):
         assert r["loss_max_rel_diff"] < 1e-10, r
         assert r["controls_max_diff"] < 1e-9, r
     assert (ckdir / f"{solver}.ckpt").exists()  # written (by process 0) at the end
+
+
+def test_a_stop_on_one_process_stops_both_after_the_same_call(two_processes):
+    outs, _ = two_processes
+    assert [o["budget"] for o in outs] == [{"status": "max_seconds", "iters": 1}] * 2
