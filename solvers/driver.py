@@ -249,7 +249,9 @@ def solve(
     a fixed cost on the host and in the runtime (0.1-0.3 ms) that is as large as the gradient
     step itself for small problems. The first call runs one iteration; later calls double, up to
     about :data:`CALL_SECONDS` of work, so the budget and Ctrl-C are seen within that time.
-    ``info["time"]`` is the call's time divided by its iterations. A call that stops on a
+    ``info["time"]`` is the call's time divided by its iterations. With several processes
+    (``jax.distributed``) the calls only double, and Ctrl-C and the time budget of any process
+    stop all of them after the same call. A call that stops on a
     non-finite number has already stepped past the iterate to keep; the driver runs the same
     compiled call again, from the start of that call (or of the one before), up to that iterate.
 
