@@ -98,7 +98,7 @@ def driver_calls(solver, problem, per_call=None, controls=None):
     """
     import jax
 
-    from solvers.driver import CALL_SECONDS, MAX_STEPS_PER_CALL, _call_args, _compile, _unpack
+    from solvers.driver import MAX_STEPS_PER_CALL, _call_args, _compile, _next_call, _unpack
 
     if controls is None:
         controls = problem.init_controls(jax.random.PRNGKey(0))
@@ -124,7 +124,7 @@ def driver_calls(solver, problem, per_call=None, controls=None):
             t = time.perf_counter()
             run()
             times.append(time.perf_counter() - t)
-        per_call = int(min(MAX_STEPS_PER_CALL, max(1, CALL_SECONDS / min(times))))
+        per_call = _next_call(None, MAX_STEPS_PER_CALL, min(times))  # solve's rule, once warm
     return make(per_call), compile_s, executable
 
 
