@@ -243,10 +243,6 @@ def test_nonfinite_gradient_or_iterate_stops_with_last_finite_iterate(what, kept
     assert leaves_equal(r.controls, expect)
 
 
-def _emsa():
-    return solvers.SOLVERS["emsa"]()
-
-
 # Stops mid-call (a target reached, a non-finite gradient or iterate, an overflowing step) and a
 # plain budget: how the driver splits the iterations into calls must change nothing.
 SPLITS = {
@@ -255,7 +251,7 @@ SPLITS = {
     "gd, overflow": (lambda: solvers.GradientDescent(optimizer=optax.sgd(1e50)), dict(max_iters=40)),
     "scripted, gradient": (lambda: _Scripted(5, "grad"), dict(max_iters=20)),
     "scripted, iterate": (lambda: _Scripted(4, "iterate"), dict(max_iters=20)),
-    "emsa, budget": (_emsa, dict(max_iters=9)),
+    "emsa, budget": (lambda: solvers.make_solver("emsa"), dict(max_iters=9)),
 }
 
 
