@@ -1,6 +1,7 @@
 """MSA, extended MSA and discrete-weight MSA: the mathematics of every piece, then training."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -103,6 +104,116 @@ def test_inner_maximization_never_decreases_any_layer():
         v = obj(p, data, th, 1.0)
         assert np.all(np.asarray(v) >= np.asarray(v0) - 1e-14)
         assert float(jnp.sum(v - v0)) > 0
+
+
+def _flat_hessian(p, data, rho, method="autodiff"):
+    """Independent: ``jax.hessian`` of ``Σ_k`` inner objective over *all* layers' parameters,
+    ``(N P, N P)``; separable, so block-diagonal."""
+    flat, unravel = jax.flatten_util.ravel_pytree(data.theta)
+
+    def total(v):
+        return jnp.sum(msa.inner_objective(p, data, unravel(v), rho, method))
+
+    return jax.jit(jax.hessian(total))(flat)
+
+
+def _to_layers(theta, flat_all):
+    """All layers' parameters in ``ravel_pytree`` order of the whole tree → ``(N, P)`` rows in
+    the order of one layer's ``ravel_pytree`` (what ``inner_hessian`` uses)."""
+    _, unravel = jax.flatten_util.ravel_pytree(theta)
+    return msa._per_layer(unravel(flat_all))[0]
+
+
+@pytest.mark.parametrize("dynamics,tracking,smoothness,activation,rho", [
+    ("inner", 0.0, 0.0, "tanh", 3.0), ("inner", 0.3, 0.2, "softplus", 3.0), ("inner", 0.3, 0.2, "tanh", 0.0),
+    ("two_layer", 0.3, 0.2, "tanh", 2.0)])
+def test_inner_hessian_at_the_iterate_matches_autodiff(dynamics, tracking, smoothness, activation, rho):
+    """``inner_hessian`` (closed form for σ(Wz+b), Hessian-vector products otherwise) equals
+    ``jax.hessian`` of the inner objective over every layer's parameters, whose off-diagonal
+    layer blocks vanish (the Jacobi split makes the layers separable)."""
+    p, c, zs, ps, data = _setup(dynamics, tracking, smoothness, activation=activation)
+    full = np.asarray(_flat_hessian(p, data, rho))
+    N = p.N
+    P = full.shape[0] // N
+    # Reorder the full Hessian to layer rows: apply the layer map to every basis vector.
+    E = jax.vmap(lambda e: _to_layers(data.theta, e).reshape(-1))(jnp.eye(N * P))  # (NP, NP): e_i → layer order
+    full = np.asarray(E).T @ full @ np.asarray(E)
+    blocks = full.reshape(N, P, N, P)
+    want = np.stack([blocks[k, :, k, :] for k in range(N)])
+    off = blocks.copy()
+    for k in range(N):
+        off[k, :, k, :] = 0.0
+    assert np.max(np.abs(off)) < 1e-13 * np.max(np.abs(want))
+    for method in ("closed_form", "autodiff"):
+        got = jax.jit(msa.inner_hessian, static_argnums=3)(p, data, rho, method)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13 * np.max(np.abs(want)))
+    assert np.max(np.abs(want)) > 0
+
+
+def test_one_newton_step_maximizes_a_quadratic_hamiltonian():
+    """``Wσ(z)+b`` is linear in ``θ``, so ``H̃_k − C_k`` is a concave quadratic for ``ρ`` large
+    enough: one Newton step on all samples lands on its maximum, where its gradient vanishes."""
+    p, c, zs, ps, data = _setup("outer", 0.3, 0.2)
+    rho = 4.0
+    H = jax.jit(msa.inner_hessian)(p, data, rho)
+    assert float(jnp.max(jnp.linalg.eigvalsh(H))) < 0  # concave: the step is Newton's own
+    opt = msa.newton_preconditioner(H, data.theta)
+    th = jax.jit(lambda p, d: msa.maximize_hamiltonians(p, d, rho, opt, 1))(p, data)
+    g0 = jax.jit(msa.inner_gradient)(p, data, data.theta, rho)
+    g1 = jax.jit(msa.inner_gradient)(p, data, th, rho)
+    n0, n1 = solvers.gd.tree_norm(g0), solvers.gd.tree_norm(g1)
+    assert float(n0) > 1e-3 and float(n1) < 1e-11 * float(n0)
+    # The same maximum as ascending to convergence.
+    far = jax.jit(lambda p, d: msa.maximize_hamiltonians(p, d, rho, optax.adam(0.02), 3000))(p, data)
+    for a, b in zip(jax.tree_util.tree_leaves(th), jax.tree_util.tree_leaves(far)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_newton_preconditioner_is_newton_where_concave_and_ascends_elsewhere():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(4, 4))
+    concave = -(A @ A.T + 0.5 * np.eye(4))                 # −∇² positive definite
+    saddle = np.diag([-2.0, -1.0, 0.5, 3.0]) + 0.1 * (A + A.T)  # −∇² indefinite
+    H = jnp.asarray(np.stack([concave, saddle]))
+    theta = {"x": jnp.zeros((2, 4))}
+    g = jnp.asarray(rng.normal(size=(2, 4)))
+    step = msa.newton_preconditioner(H, theta).update({"x": -g}, None)[0]["x"]  # optax passes −∇
+    np.testing.assert_allclose(step[0], np.linalg.solve(-concave, g[0]), rtol=1e-10)
+    M = -saddle
+    mu = max(np.max(np.sum(np.abs(M), 1) - 2 * np.abs(np.diag(M)) + np.abs(np.diag(M)) - np.diag(M)), 0.0)
+    mu += 1e-6 * np.max(np.abs(np.diag(M)))
+    assert np.min(np.linalg.eigvalsh(M)) < 0 < np.min(np.linalg.eigvalsh(M + mu * np.eye(4)))
+    np.testing.assert_allclose(step[1], np.linalg.solve(M + mu * np.eye(4), g[1]), rtol=1e-8)
+    assert float(step[1] @ g[1]) > 0  # an ascent direction
+
+
+def test_subsample_takes_every_kth_sample_from_a_random_offset():
+    p, c, zs, ps, data = _setup(samples=30)
+    assert msa.subsample(data, jax.random.PRNGKey(0), None) is data
+    assert msa.subsample(data, jax.random.PRNGKey(0), 16) is data  # n >= S/2: every sample
+    offsets = set()
+    for seed in range(12):
+        sub = jax.jit(msa.subsample, static_argnums=2)(data, jax.random.PRNGKey(seed), 8)  # every 3rd
+        r = int(np.flatnonzero(np.all(np.asarray(data.z[..., :3]) == np.asarray(sub.z[..., :1]), axis=(0, 1)))[0])
+        offsets.add(r)
+        for a, b in zip(sub[:4], data[:4]):
+            np.testing.assert_array_equal(a, b[..., r::3][..., :10])
+        for a, b in zip(jax.tree_util.tree_leaves(sub.theta), jax.tree_util.tree_leaves(data.theta)):
+            np.testing.assert_array_equal(a, b)
+    assert offsets == {0, 1, 2}
+
+
+def test_newton_emsa_is_monotone_and_beats_gradient_inner_steps(small_ring):
+    """Same starts and iterations: the Newton inner step ends lower than three safeguarded
+    gradient steps, and the adaptive ``ρ`` keeps ``J`` monotone."""
+    p = small_ring
+    for seed in (0, 1):
+        c = p.init_controls(jax.random.PRNGKey(seed))
+        newton = solvers.solve(msa.ExtendedMSA(inner="newton"), p, c, max_iters=15, progress=False)
+        optax_ = solvers.solve(msa.ExtendedMSA(), p, c, max_iters=15, progress=False)
+        loss = newton.history["loss"]
+        assert np.all(np.diff(loss) <= 1e-12 * (1 + loss[:-1])), loss
+        assert newton.info["loss"] < optax_.info["loss"] < loss[0]
 
 
 def test_readout_newton_is_exact_ridge_least_squares():
@@ -252,6 +363,12 @@ def test_bad_options_raise():
         msa.MSA(inner_steps=0)
     with pytest.raises(ValueError, match="readout"):
         msa.ExtendedMSA(readout="lstsq")
+    with pytest.raises(ValueError, match="hessian_samples"):
+        msa.ExtendedMSA(inner="newton", hessian_samples=0)
+    with pytest.raises(ValueError, match="inner_optimizer is the optimizer of inner='optax'"):
+        msa.ExtendedMSA(inner="newton", inner_optimizer=optax.adam(0.1))
+    with pytest.raises(ValueError, match="inner must be 'optax'.*'newton'"):
+        msa.ExtendedMSA(inner="bfgs")
     with pytest.raises(ValueError, match="kind"):
         DiscreteMSA(kind="quaternary")
     assert solvers.make_solver("emsa", rho=3.0).rho == 3.0

@@ -55,4 +55,4 @@ def test_exact_layers_refuse_l1():
     with pytest.raises(ValueError, match="smooth running cost"):
         solvers.solve(msa.ExtendedMSA(inner="ipopt"), p, c, max_iters=1)
     with pytest.raises(ValueError, match="inner must be"):
-        msa.ExtendedMSA(inner="newton")
+        msa.ExtendedMSA(inner="exact")
