@@ -657,16 +657,18 @@ class ExtendedMSA:
             - ``"newton"``: a safeguarded Newton step per layer (:func:`inner_hessian`,
               :func:`newton_preconditioner`) with the Hessian at ``θ^j`` on
               ``hessian_samples`` of the samples. Closed form for ``σ(Wz+b)`` with Euler; other
-              fields take ``P`` Hessian-vector products (``P`` parameters per layer), which
-              is slow for wide layers. On the reference ring it reaches ``J <= 0.05`` in
-              24-37 iterations from three starts against 34-59 for ``"optax"``
-              (``benchmarks/msa_cost.py``);
+              fields take ``P`` Hessian-vector products (``P`` parameters per layer). Its cost
+              grows as ``P²`` per sample, so it suits narrow layers: on the reference ring it
+              reaches ``J <= 0.05`` in 24-37 iterations from three starts against 34-59 for
+              ``"optax"``, in 0.6-0.7× the wall time (``benchmarks/msa_cost.py``); on the
+              spiral (two-layer field, ``P = 80``, by autodiff) it is far slower;
             - ``"ipopt"``: to IPOPT's tolerance with CasADi (:mod:`solvers.msa_exact`; small
               problems, smooth ``R``).
         hessian_samples: the Newton step's Hessian is a sample mean; it is estimated on every
             ``⌊S/n⌋``-th sample from a random offset (:func:`subsample`; ``n`` to ``2n − 1``
             samples, all for ``None``), the gradient always on all. On the reference ring 100 to
-            all 1,000 samples took the same number of iterations within ±5.
+            all 1,000 samples took the same number of iterations within ±5; 128 (142 samples
+            there) ended lower than 256 at equal wall time on the rings and ``sin x``.
         readout: ``"newton"`` or ``"gradient"``: how ``w`` is updated (module doc).
         readout_optimizer: optax optimizer for ``readout="gradient"`` (default Adam, 1e-2).
         batch_size: minibatch size (default: full batch).
@@ -683,7 +685,7 @@ class ExtendedMSA:
     readout: str = "newton"
     readout_optimizer: Any = None
     batch_size: int | None = None
-    hessian_samples: int | None = 256
+    hessian_samples: int | None = 128
     name: ClassVar[str] = "emsa"
 
     def __post_init__(self):
@@ -729,7 +731,7 @@ class MSA:
     readout: str = "newton"
     readout_optimizer: Any = None
     batch_size: int | None = None
-    hessian_samples: int | None = 256
+    hessian_samples: int | None = 128
     name: ClassVar[str] = "msa"
 
     def __post_init__(self):
