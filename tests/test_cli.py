@@ -68,8 +68,8 @@ BAD_ARGS = {
     "out is a file": (["--out", "{f}"], "exists and is not a directory"),
     "resume from nothing": (["--resume", "{d}/nothing"], "no checkpoint at"),
     "resume from a file": (["--resume", "{f}"], "--resume {f} is not a directory"),
-    "unknown inner maximization": (["--out", "{d}", "--solver", "emsa", "--inner", "newton"],
-                                   "argument --inner: invalid choice: 'newton'"),
+    "unknown inner maximization": (["--out", "{d}", "--solver", "emsa", "--inner", "exact"],
+                                   "argument --inner: invalid choice: 'exact'"),
     "checkpoints of a one-solve solver": (["--out", "{d}", "--solver", "direct", "--checkpoint-every", "5"],
                                           "--solver direct is one solve with no state to checkpoint"),
 }
