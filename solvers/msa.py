@@ -426,7 +426,7 @@ def newton_preconditioner(hessian, theta) -> optax.GradientTransformation:
 def subsample(data: LayerData, key, n) -> LayerData:
     """``data`` on every ``s``-th sample, ``s = ⌊S/n⌋``, from a random offset in ``[0, s)``:
     ``⌊S/s⌋`` samples (``n`` to ``2n − 1``), spread over the whole set; all of them if ``n``
-    is ``None`` or at least ``S/2``. The Newton step's Hessian is a sample mean, estimated on
+    is ``None`` or more than ``S/2``. The Newton step's Hessian is a sample mean, estimated on
     these. A strided slice, so nearly free (a gather of ``n`` random samples cost more than
     the Hessian itself)."""
     S = data.z.shape[-1]
@@ -659,8 +659,8 @@ class ExtendedMSA:
               ``hessian_samples`` of the samples. Closed form for ``σ(Wz+b)`` with Euler; other
               fields take ``P`` Hessian-vector products (``P`` parameters per layer). Its cost
               grows as ``P²`` per sample, so it suits narrow layers: on the reference ring it
-              reaches ``J <= 0.05`` in 24-37 iterations from three starts against 34-59 for
-              ``"optax"``, in 0.6-0.7× the wall time (``benchmarks/msa_cost.py``); on the
+              reaches ``J <= 0.05`` in 24-34 iterations from three starts against 34-59 for
+              ``"optax"``, in 0.47-0.60× the wall time (``benchmarks/msa_cost.py``); on the
               spiral (two-layer field, ``P = 80``, by autodiff) it is far slower;
             - ``"ipopt"``: to IPOPT's tolerance with CasADi (:mod:`solvers.msa_exact`; small
               problems, smooth ``R``).
