@@ -5,7 +5,9 @@ Every E-MSA iteration pays a fixed cost (forward, read-out, backward, acceptance
 more inner steps make more progress per iteration but cost more. The fair comparison is the loss
 reached in the same wall time, so every configuration runs ``solvers.solve`` with the same
 ``max_seconds`` (compile excluded, the driver's own per-iteration overhead included, as a user
-sees it), on several problems and seeds, with Adam at the same budget for reference.
+sees it), on several problems and seeds, with Adam at the same budget for reference, and with
+E-MSA's Newton step per layer (``inner="newton"``, one step with a Hessian; the default where
+its Hessian has a closed form, the ``σ(Wz+b)`` rings and ``sin x``; by autodiff on the spiral).
 
 Problems: the reference ring (1,000 points, width 3, 50 layers, ``T = 5``, ``l2 = 1e-3``); the
 spiral (500 points); a small ring (120 points, 10 layers); Li et al.'s ``sin x`` regression.
@@ -43,7 +45,8 @@ def cases(seed):
 
 
 def run(seeds: int = 3, scale: float = 1.0) -> dict:
-    configs = {f"emsa {k} inner": ExtendedMSA(inner_steps=k) for k in INNER}
+    configs = {f"emsa {k} inner": ExtendedMSA(inner="optax", inner_steps=k) for k in INNER}
+    configs["emsa newton"] = ExtendedMSA(inner="newton")
     configs["adam"] = solvers.GradientDescent(optax.adam(1e-2))
     names = list(configs)
     out: dict = {}

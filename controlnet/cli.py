@@ -143,13 +143,14 @@ def _solver_from_args(args):
 def _add_msa_options(p):
     g = p.add_argument_group("MSA (solvers msa, emsa)")
     g.add_argument("--rho", type=_positive_float, help="E-MSA penalty ρ, the initial value (default: 5, then adapted)")
-    g.add_argument("--inner-steps", type=_positive_int, help="Hamiltonian-maximization steps per iteration (default: 3 for emsa, 1 with --inner newton, 10 for msa)")
+    g.add_argument("--inner-steps", type=_positive_int, help="Hamiltonian-maximization steps per iteration (default: 1 Newton or 3 optax steps for emsa, 10 for msa)")
     g.add_argument("--inner-lr", type=_positive_float,
                    help="inner step: E-MSA's dimensionless step (default 0.5), basic MSA's Adam rate (default 0.05)")
-    g.add_argument("--inner", choices=("optax", "newton", "ipopt"),
+    g.add_argument("--inner", choices=("auto", "optax", "newton", "ipopt"),
                    help="the Hamiltonian maximization: a few optimizer steps for all layers at once "
-                        "(optax, default), a Newton step per layer (newton), or every layer exactly with "
-                        "CasADi + IPOPT (ipopt; small problems)")
+                        "(optax), a Newton step per layer (newton), or every layer exactly with "
+                        "CasADi + IPOPT (ipopt; small problems); auto takes newton where its Hessian has a "
+                        "closed form (inner σ(Wz+b) dynamics), else optax (default: auto for emsa, optax for msa)")
 
 
 #: ``train`` options that may change between a run and its resumption (budget and output).

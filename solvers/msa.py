@@ -104,6 +104,7 @@ __all__ = [
     "inner_gradient",
     "maximize_hamiltonians",
     "inner_hessian",
+    "inner_method",
     "newton_preconditioner",
     "subsample",
     "readout_newton",
@@ -533,10 +534,10 @@ def _check(s):
         raise TypeError("inner_optimizer must be an optax.GradientTransformation (e.g. optax.adam(0.02)) or None")
     if s.inner_gradient not in ("closed_form", "autodiff"):
         raise ValueError(f"inner_gradient must be 'closed_form' or 'autodiff', got {s.inner_gradient!r}")
-    if s.inner not in ("optax", "newton", "ipopt"):
-        raise ValueError(f"inner must be 'optax' (a few optimizer steps), 'newton' (a Newton step per layer) "
-                         f"or 'ipopt' (exact per layer), got {s.inner!r}")
-    if s.inner != "optax" and s.inner_optimizer is not None:
+    if s.inner not in ("auto", "optax", "newton", "ipopt"):
+        raise ValueError(f"inner must be 'auto', 'optax' (a few optimizer steps), 'newton' (a Newton step per "
+                         f"layer) or 'ipopt' (exact per layer), got {s.inner!r}")
+    if s.inner not in ("auto", "optax") and s.inner_optimizer is not None:
         raise ValueError(f"inner_optimizer is the optimizer of inner='optax'; inner={s.inner!r} takes none")
     if s.readout not in ("newton", "gradient"):
         raise ValueError(f"readout must be 'newton' or 'gradient', got {s.readout!r}")
@@ -548,6 +549,17 @@ def _check(s):
                                           or isinstance(s.hessian_samples, bool) or s.hessian_samples < 1):
         raise ValueError(f"hessian_samples must be a positive integer or None (all samples), "
                          f"got {s.hessian_samples!r}")
+
+
+def inner_method(s, problem) -> str:
+    """The inner maximization solver ``s`` runs on ``problem``: its ``inner``, where ``"auto"`` is
+    ``"newton"`` when the Newton step's Hessian has a closed form for the problem
+    (:func:`inner_hessian`) and no ``inner_optimizer`` is given, else ``"optax"``."""
+    if s.inner != "auto":
+        return s.inner
+    closed = (s.inner_gradient == "closed_form"
+              and (type(problem.integrator), type(problem.dynamics)) in _CLOSED_FORM_HESSIAN)
+    return "newton" if closed and s.inner_optimizer is None else "optax"
 
 
 def _readout_optimizer(s):
@@ -577,16 +589,17 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
 
     data = layer_data(batch, c, zs, ps)
     start = jax.tree_util.tree_map(jnp.negative, grad_theta)
-    if s.inner == "ipopt":
+    inner = inner_method(s, batch)
+    if inner == "ipopt":
         from .msa_exact import maximize_exactly  # CasADi only when asked for
 
         theta = maximize_exactly(batch, data, rho)
         sums = _residual_sums(data, *residuals(batch, data, theta, s.inner_gradient))
     else:
-        if s.inner == "newton":
+        if inner == "newton":
             hdata = subsample(data, jax.random.fold_in(sub, 1), s.hessian_samples)
             optimizer = newton_preconditioner(inner_hessian(batch, hdata, rho, s.inner_gradient), c.theta)
-        steps = s.inner_steps if s.inner_steps is not None else (1 if s.inner == "newton" else 3)
+        steps = s.inner_steps if s.inner_steps is not None else (1 if inner == "newton" else 3)
         theta, sums = _maximize(batch, data, rho, optimizer, steps, s.inner_gradient, start)
     ro = state.readout_state
     w = c.w
@@ -637,14 +650,14 @@ class ExtendedMSA:
             it lowers ``J``). ``info["accepted"]`` says which; ``dH`` and the residuals
             describe the proposed move either way.
         rho_min: the floor of the adaptive ``ρ``.
-        inner_steps: steps on ``H̃`` per iteration; default (``None``) 3 with ``inner="optax"``,
-            1 with ``inner="newton"``. An optax step evaluates ``H̃``'s gradient over every layer
-            and sample (about half a gradient step of work), so more steps make more progress
-            per iteration but fewer iterations per second. At equal wall time, 3 steps ended at
-            or below 10 on all four problems and five seeds of ``benchmarks/inner_steps.py``
-            (median ``J`` ratio 0.55-0.98); 2 steps failed twice on the spiral, 1 step often.
-            Newton steps after the first reuse its Hessian (with the new gradient).
-        inner_optimizer: the optax optimizer of those steps. Default (``None``): gradient ascent
+        inner_steps: steps on ``H̃`` per iteration; default (``None``) 1 Newton step, or 3 optax
+            steps. An optax step evaluates ``H̃``'s gradient over every layer and sample (about
+            half a gradient step of work), so more steps make more progress per iteration but
+            fewer iterations per second. At equal wall time, 3 optax steps ended at or below 10
+            on all four problems and five seeds of ``benchmarks/inner_steps.py`` (median ``J``
+            ratio 0.55-0.98); 2 steps failed twice on the spiral, 1 step often. Newton steps
+            after the first reuse its Hessian (with the new gradient); 2 were no better than 1.
+        inner_optimizer: the optax optimizer of ``"optax"``'s steps. Default (``None``): gradient ascent
             with step ``inner_lr / (ρ_j h²)``, scaled to the penalties, whose curvature in ``θ``
             is ``ρ h²`` times an ``O(1)`` data moment.
         inner_lr: the dimensionless step of the default inner optimizer.
@@ -652,8 +665,10 @@ class ExtendedMSA:
             exists) or ``"autodiff"``.
         inner: how every layer's ``H̃_k − C_k`` is maximized:
 
-            - ``"optax"`` (default): ``inner_steps`` safeguarded optimizer steps, all layers at
-              once;
+            - ``"auto"`` (default): ``"newton"`` where its Hessian has a closed form (Euler,
+              ``σ(Wz+b)``) and no ``inner_optimizer`` is given, else ``"optax"``
+              (:func:`inner_method`);
+            - ``"optax"``: ``inner_steps`` safeguarded optimizer steps, all layers at once;
             - ``"newton"``: a safeguarded Newton step per layer (:func:`inner_hessian`,
               :func:`newton_preconditioner`) with the Hessian at ``θ^j`` on
               ``hessian_samples`` of the samples. Closed form for ``σ(Wz+b)`` with Euler; other
@@ -661,7 +676,8 @@ class ExtendedMSA:
               grows as ``P²`` per sample, so it suits narrow layers: on the reference ring it
               reaches ``J <= 0.05`` in 24-34 iterations from three starts against 34-59 for
               ``"optax"``, in 0.47-0.60× the wall time (``benchmarks/msa_cost.py``); on the
-              spiral (two-layer field, ``P = 80``, by autodiff) it is far slower;
+              spiral (two-layer field, ``P = 80``, by autodiff) it is far slower, hence
+              ``"auto"``;
             - ``"ipopt"``: to IPOPT's tolerance with CasADi (:mod:`solvers.msa_exact`; small
               problems, smooth ``R``).
         hessian_samples: the Newton step's Hessian is a sample mean; it is estimated on every
@@ -681,7 +697,7 @@ class ExtendedMSA:
     inner_optimizer: Any = None
     inner_lr: float = 0.5
     inner_gradient: str = "closed_form"
-    inner: str = "optax"
+    inner: str = "auto"
     readout: str = "newton"
     readout_optimizer: Any = None
     batch_size: int | None = None

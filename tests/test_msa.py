@@ -187,6 +187,17 @@ def test_newton_preconditioner_is_newton_where_concave_and_ascends_elsewhere():
     assert float(step[1] @ g[1]) > 0  # an ascent direction
 
 
+def test_auto_inner_is_newton_only_where_its_hessian_has_a_closed_form():
+    inner = problems.make("ring", samples=20, layers=2, dynamics="inner").problem
+    two = problems.make("ring", samples=20, layers=2, dynamics="two_layer").problem
+    assert msa.inner_method(msa.ExtendedMSA(), inner) == "newton"
+    assert msa.inner_method(msa.ExtendedMSA(), two) == "optax"
+    assert msa.inner_method(msa.ExtendedMSA(inner_optimizer=optax.adam(0.1)), inner) == "optax"
+    assert msa.inner_method(msa.ExtendedMSA(inner_gradient="autodiff"), inner) == "optax"
+    assert msa.inner_method(msa.ExtendedMSA(inner="optax"), inner) == "optax"
+    assert msa.inner_method(msa.MSA(), inner) == "optax"
+
+
 def test_subsample_takes_every_kth_sample_from_a_random_offset():
     p, c, zs, ps, data = _setup(samples=30)
     assert msa.subsample(data, jax.random.PRNGKey(0), None) is data
@@ -210,7 +221,7 @@ def test_newton_emsa_is_monotone_and_beats_gradient_inner_steps(small_ring):
     for seed in (0, 1):
         c = p.init_controls(jax.random.PRNGKey(seed))
         newton = solvers.solve(msa.ExtendedMSA(inner="newton"), p, c, max_iters=15, progress=False)
-        optax_ = solvers.solve(msa.ExtendedMSA(), p, c, max_iters=15, progress=False)
+        optax_ = solvers.solve(msa.ExtendedMSA(inner="optax"), p, c, max_iters=15, progress=False)
         loss = newton.history["loss"]
         assert np.all(np.diff(loss) <= 1e-12 * (1 + loss[:-1])), loss
         assert newton.info["loss"] < optax_.info["loss"] < loss[0]
@@ -282,7 +293,7 @@ def test_one_sgd_inner_step_with_gradient_readout_is_gradient_descent(small_ring
 def test_adaptive_rho_never_increases_J_and_schedule_is_followed(small_ring):
     p = small_ring
     c = p.init_controls(jax.random.PRNGKey(5))
-    r = solvers.solve(msa.ExtendedMSA(rho=0.5, inner_lr=5.0), p, c, max_iters=25)
+    r = solvers.solve(msa.ExtendedMSA(rho=0.5, inner_lr=5.0, inner="optax"), p, c, max_iters=25)
     loss = r.history["loss"]
     assert np.all(np.diff(loss) <= 1e-12 * (1 + loss[:-1])), loss
     assert r.history["accepted"].min() == 0  # this aggressive start must be rejected at least once
@@ -367,7 +378,7 @@ def test_bad_options_raise():
         msa.ExtendedMSA(inner="newton", hessian_samples=0)
     with pytest.raises(ValueError, match="inner_optimizer is the optimizer of inner='optax'"):
         msa.ExtendedMSA(inner="newton", inner_optimizer=optax.adam(0.1))
-    with pytest.raises(ValueError, match="inner must be 'optax'.*'newton'"):
+    with pytest.raises(ValueError, match="inner must be 'auto', 'optax'.*'newton'"):
         msa.ExtendedMSA(inner="bfgs")
     with pytest.raises(ValueError, match="kind"):
         DiscreteMSA(kind="quaternary")

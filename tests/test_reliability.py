@@ -293,8 +293,9 @@ def _solver_instances():
         except (TypeError, ValueError) as e:
             out.append(pytest.param(None, id=name, marks=pytest.mark.skip(
                 reason=f"{name} has no default construction: {e}")))
-    if "emsa" in solvers.SOLVERS:  # its other inner maximization: a Hessian from a random subsample
+    if "emsa" in solvers.SOLVERS:  # its other inner maximizations: a Hessian from a random subsample, optax
         out.append(pytest.param(solvers.make_solver("emsa", inner="newton", hessian_samples=5), id="emsa-newton"))
+        out.append(pytest.param(solvers.make_solver("emsa", inner="optax"), id="emsa-optax"))
     return out
 
 
