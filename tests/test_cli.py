@@ -135,7 +135,7 @@ BAD_VALUES = {
     "--smoothness": _bad_nonneg,
     "--tracking": _bad_nonneg,
     "--seed": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**31)).map(str) | _bad_text_num,
-    "--problem": _bad_name({"ring", "spiral", "xor"}),
+    "--problem": _bad_name(set(__import__("problems").PROBLEMS)),
     "--solver": _bad_name(set(__import__("solvers").SOLVERS)),
     "--dynamics": _bad_name(set(cn.DYNAMICS)),
     "--integrator": _bad_name(set(cn.INTEGRATORS)),
