@@ -625,7 +625,8 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
         J_ref = cn.metrics(batch, c, zs)["loss"]  # J(θ^j, w^{j+1}) for Newton, else J(θ^j, w^j)
         J_new = cn.objective_value(batch, cn.Controls(theta, w))
         # Rounding: the same J computed twice may differ in the last bits; a tie is a success.
-        tol = 64 * jnp.finfo(J_ref.dtype).eps * (1.0 + jnp.abs(J_ref))
+        # Relative to J: with (1 + |J|) float32 let rises of 1e-5 through at J = 0.01.
+        tol = 64 * jnp.finfo(J_ref.dtype).eps * jnp.abs(J_ref)
         accept = jnp.isfinite(J_new) & (J_new <= J_ref + tol)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)  # noqa: E731
         theta, w, ro = keep(theta, c.theta), keep(w, c.w), keep(ro, state.readout_state)
