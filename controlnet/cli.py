@@ -150,7 +150,7 @@ def _add_msa_options(p):
                    help="the Hamiltonian maximization: a few optimizer steps for all layers at once "
                         "(optax), a Newton step per layer (newton), or every layer exactly with "
                         "CasADi + IPOPT (ipopt; small problems); auto takes newton where its Hessian has a "
-                        "closed form (inner σ(Wz+b) dynamics), else optax (default: auto for emsa, optax for msa)")
+                        "closed form (inner and outer dynamics), else optax (default: auto for emsa, optax for msa)")
 
 
 #: ``train`` options that may change between a run and its resumption (budget and output).

@@ -126,7 +126,7 @@ def _to_layers(theta, flat_all):
 
 @pytest.mark.parametrize("dynamics,tracking,smoothness,activation,rho", [
     ("inner", 0.0, 0.0, "tanh", 3.0), ("inner", 0.3, 0.2, "softplus", 3.0), ("inner", 0.3, 0.2, "tanh", 0.0),
-    ("two_layer", 0.3, 0.2, "tanh", 2.0)])
+    ("outer", 0.3, 0.2, "tanh", 3.0), ("outer", 0.0, 0.0, "sigmoid", 1.0), ("two_layer", 0.3, 0.2, "tanh", 2.0)])
 def test_inner_hessian_at_the_iterate_matches_autodiff(dynamics, tracking, smoothness, activation, rho):
     """``inner_hessian`` (closed form for σ(Wz+b), Hessian-vector products otherwise) equals
     ``jax.hessian`` of the inner objective over every layer's parameters, whose off-diagonal
@@ -192,6 +192,8 @@ def test_auto_inner_is_newton_only_where_its_hessian_has_a_closed_form():
     two = problems.make("ring", samples=20, layers=2, dynamics="two_layer").problem
     assert msa.inner_method(msa.ExtendedMSA(), inner) == "newton"
     assert msa.inner_method(msa.ExtendedMSA(), two) == "optax"
+    outer = problems.make("ring", samples=20, layers=2, dynamics="outer").problem
+    assert msa.inner_method(msa.ExtendedMSA(), outer) == "newton"
     assert msa.inner_method(msa.ExtendedMSA(inner_optimizer=optax.adam(0.1)), inner) == "optax"
     assert msa.inner_method(msa.ExtendedMSA(inner_gradient="autodiff"), inner) == "optax"
     assert msa.inner_method(msa.ExtendedMSA(inner="optax"), inner) == "optax"
