@@ -578,15 +578,36 @@ def _check(s):
                          f"got {s.hessian_samples!r}")
 
 
+#: ``inner="auto"`` takes the Newton step up to this many parameters per layer. Its Hessian
+#: costs ``P²`` per sample and its factorization ``P³`` per layer; measured to pay at ``P = 12``
+#: (the ring, width 3) and ``P = 30`` (``sin x``, width 5), not measured beyond.
+NEWTON_AUTO_MAX_PARAMS = 32
+#: ``inner="newton"`` refuses more parameters per layer than this (a ``P × P`` Hessian per layer).
+NEWTON_MAX_PARAMS = 1024
+
+
+def layer_params(problem) -> int:
+    """``P``: the number of parameters of one layer's ``θ_k``."""
+    theta = jax.eval_shape(lambda: problem.init_controls(jax.random.PRNGKey(0))).theta
+    return sum(x.size for x in jax.tree_util.tree_leaves(theta)) // problem.N
+
+
 def inner_method(s, problem) -> str:
     """The inner maximization solver ``s`` runs on ``problem``: its ``inner``, where ``"auto"`` is
     ``"newton"`` when the Newton step's Hessian has a closed form for the problem
-    (:func:`inner_hessian`) and no ``inner_optimizer`` is given, else ``"optax"``."""
+    (:func:`inner_hessian`), a layer has at most :data:`NEWTON_AUTO_MAX_PARAMS` parameters and
+    no ``inner_optimizer`` is given, else ``"optax"``. Raises for ``"newton"`` with more than
+    :data:`NEWTON_MAX_PARAMS` parameters per layer."""
+    if s.inner == "newton" and layer_params(problem) > NEWTON_MAX_PARAMS:
+        raise ValueError(f"inner='newton' forms a P x P Hessian for every layer, and a layer here has "
+                         f"P = {layer_params(problem)} parameters (at most {NEWTON_MAX_PARAMS}); "
+                         f"use inner='optax'")
     if s.inner != "auto":
         return s.inner
     closed = (s.inner_gradient == "closed_form"
               and (type(problem.integrator), type(problem.dynamics)) in _CLOSED_FORM_HESSIAN)
-    return "newton" if closed and s.inner_optimizer is None else "optax"
+    small = layer_params(problem) <= NEWTON_AUTO_MAX_PARAMS
+    return "newton" if closed and small and s.inner_optimizer is None else "optax"
 
 
 def _readout_optimizer(s):
@@ -694,8 +715,8 @@ class ExtendedMSA:
         inner: how every layer's ``H̃_k − C_k`` is maximized:
 
             - ``"auto"`` (default): ``"newton"`` where its Hessian has a closed form (Euler,
-              ``σ(Wz+b)`` or ``Wσ(z)+b``) and no ``inner_optimizer`` is given, else ``"optax"``
-              (:func:`inner_method`);
+              ``σ(Wz+b)`` or ``Wσ(z)+b``), a layer has at most 32 parameters (width 5) and no
+              ``inner_optimizer`` is given, else ``"optax"`` (:func:`inner_method`);
             - ``"optax"``: ``inner_steps`` safeguarded optimizer steps, all layers at once;
             - ``"newton"``: a safeguarded Newton step per layer (:func:`inner_hessian`,
               :func:`newton_preconditioner`) with the Hessian at ``θ^j`` on

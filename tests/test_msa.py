@@ -198,6 +198,17 @@ def test_auto_inner_is_newton_only_where_its_hessian_has_a_closed_form():
     assert msa.inner_method(msa.ExtendedMSA(inner_gradient="autodiff"), inner) == "optax"
     assert msa.inner_method(msa.ExtendedMSA(inner="optax"), inner) == "optax"
     assert msa.inner_method(msa.MSA(), inner) == "optax"
+    # A P x P Hessian per layer: auto keeps to small layers (width 5: P = 30; width 6: P = 42),
+    # and inner="newton" refuses huge ones before any work.
+    assert msa.layer_params(inner) == 12
+    w5 = problems.make("ring", samples=20, layers=2, width=5).problem
+    w6 = problems.make("ring", samples=20, layers=2, width=6).problem
+    assert msa.inner_method(msa.ExtendedMSA(), w5) == "newton"
+    assert msa.inner_method(msa.ExtendedMSA(), w6) == "optax"
+    wide = problems.make("ring", samples=20, layers=2, width=32).problem  # P = 32 · 33 = 1056
+    with pytest.raises(ValueError, match="P = 1056 parameters"):
+        solvers.solve(msa.ExtendedMSA(inner="newton"), wide, wide.init_controls(jax.random.PRNGKey(0)),
+                      max_iters=1)
 
 
 def test_subsample_takes_every_kth_sample_from_a_random_offset():
