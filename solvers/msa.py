@@ -598,16 +598,17 @@ def inner_method(s, problem) -> str:
     (:func:`inner_hessian`), a layer has at most :data:`NEWTON_AUTO_MAX_PARAMS` parameters and
     no ``inner_optimizer`` is given, else ``"optax"``. Raises for ``"newton"`` with more than
     :data:`NEWTON_MAX_PARAMS` parameters per layer."""
-    if s.inner == "newton" and layer_params(problem) > NEWTON_MAX_PARAMS:
-        raise ValueError(f"inner='newton' forms a P x P Hessian for every layer, and a layer here has "
-                         f"P = {layer_params(problem)} parameters (at most {NEWTON_MAX_PARAMS}); "
-                         f"use inner='optax'")
-    if s.inner != "auto":
+    if s.inner not in ("auto", "newton"):
         return s.inner
+    P = layer_params(problem)
+    if s.inner == "newton":
+        if P > NEWTON_MAX_PARAMS:
+            raise ValueError(f"inner='newton' forms a P x P Hessian for every layer, and a layer here has "
+                             f"P = {P} parameters (at most {NEWTON_MAX_PARAMS}); use inner='optax'")
+        return "newton"
     closed = (s.inner_gradient == "closed_form"
               and (type(problem.integrator), type(problem.dynamics)) in _CLOSED_FORM_HESSIAN)
-    small = layer_params(problem) <= NEWTON_AUTO_MAX_PARAMS
-    return "newton" if closed and small and s.inner_optimizer is None else "optax"
+    return "newton" if closed and P <= NEWTON_AUTO_MAX_PARAMS and s.inner_optimizer is None else "optax"
 
 
 def _readout_optimizer(s):
@@ -706,9 +707,9 @@ class ExtendedMSA:
             on all four problems and five seeds of ``benchmarks/inner_steps.py`` (median ``J``
             ratio 0.55-0.98); 2 steps failed twice on the spiral, 1 step often. Newton steps
             after the first reuse its Hessian (with the new gradient); 2 were no better than 1.
-        inner_optimizer: the optax optimizer of ``"optax"``'s steps. Default (``None``): gradient ascent
-            with step ``inner_lr / (ρ_j h²)``, scaled to the penalties, whose curvature in ``θ``
-            is ``ρ h²`` times an ``O(1)`` data moment.
+        inner_optimizer: the optax optimizer of ``"optax"``'s steps. Default (``None``):
+            gradient ascent with step ``inner_lr / (ρ_j h²)``, scaled to the penalties, whose
+            curvature in ``θ`` is ``ρ h²`` times an ``O(1)`` data moment.
         inner_lr: the dimensionless step of the default inner optimizer.
         inner_gradient: ``"closed_form"`` (default; falls back to autodiff where no closed form
             exists) or ``"autodiff"``.
