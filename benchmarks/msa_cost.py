@@ -5,10 +5,11 @@ Part 1, the reference problem: the ring lifted to width 3, 1,000 points, 50 laye
 compiled calls (as many per call as ``solvers.solve`` runs, and one per call), of gradient
 descent (Adam), of E-MSA with a Newton step per layer (the default here), with 10 and with 3
 safeguarded gradient inner steps (``inner="optax"``, closed-form inner gradient), of the 10 with
-``jax.grad`` inner gradients (the straightforward version), and of basic MSA. The solvers run interleaved, round after round, so machine load
-hits all alike, each for a block of consecutive calls whose first (cache-cold) call is dropped;
-the minimum and the median of the per-round medians are reported, and their ratios to the
-gradient step (also paired per round) are the result.
+``jax.grad`` inner gradients (the straightforward version), and of basic MSA. The solvers run
+interleaved, round after round, so machine load hits all alike, each for a block of consecutive
+calls whose first (cache-cold) call is dropped; the minimum and the median of the per-round
+medians are reported, and their ratios to the gradient step (also paired per round) are the
+result.
 
 Part 2, Li, Chen, Tai & E (JMLR 2018), toy regression: fit ``sin x`` on ``[−π, π]`` with 20
 residual ``tanh`` layers of width 5, ``δ = h = 0.25``; E-MSA with ``ρ = 1`` against Adam, loss
@@ -75,7 +76,7 @@ def cost(rounds: int):
         "emsa, 10 inner, closed form": ExtendedMSA(rho=5.0, inner="optax", inner_steps=10),
         "emsa, 3 inner": ExtendedMSA(rho=5.0, inner="optax", inner_steps=3),
         "emsa, newton (default)": ExtendedMSA(rho=5.0),
-        "emsa, 10 inner, autodiff": ExtendedMSA(rho=5.0, inner_steps=10, inner_gradient="autodiff"),
+        "emsa, 10 inner, autodiff": ExtendedMSA(rho=5.0, inner="optax", inner_steps=10, inner_gradient="autodiff"),
         "msa, 10 inner, closed form": MSA(inner_steps=10),
     }
     print(f"reference problem: ring, width 3, S = {problem.S}, N = {problem.N}, T = {float(problem.T)}, "

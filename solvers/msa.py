@@ -104,6 +104,7 @@ __all__ = [
     "inner_gradient",
     "maximize_hamiltonians",
     "inner_hessian",
+    "has_closed_form_hessian",
     "inner_method",
     "newton_preconditioner",
     "subsample",
@@ -411,6 +412,11 @@ def inner_gradient(problem, data: LayerData, theta, rho, method="closed_form"):
 _CLOSED_FORM_HESSIAN = {(cn.Euler, cn.InnerActivation): _hessian_inner, (cn.Euler, cn.OuterActivation): _hessian_outer}
 
 
+def has_closed_form_hessian(problem) -> bool:
+    """Whether :func:`inner_hessian` has a closed form for this integrator and vector field."""
+    return (type(problem.integrator), type(problem.dynamics)) in _CLOSED_FORM_HESSIAN
+
+
 def inner_hessian(problem, data: LayerData, rho, method="closed_form"):
     """Every layer's ``∇²_{θ_k}(H̃_k − C_k)`` at ``θ^j = data.theta``, shape ``(N, P, P)``
     (``ravel_pytree`` order of one layer's ``θ_k``). The samples' part in closed form where
@@ -418,7 +424,7 @@ def inner_hessian(problem, data: LayerData, rho, method="closed_form"):
     ``P`` Hessian-vector products of :func:`inner_objective`; the parameter terms
     (``−hR − C_k``) always by the latter."""
     theta = data.theta
-    if method == "closed_form" and (type(problem.integrator), type(problem.dynamics)) in _CLOSED_FORM_HESSIAN:
+    if method == "closed_form" and has_closed_form_hessian(problem):
         sample = _CLOSED_FORM_HESSIAN[type(problem.integrator), type(problem.dynamics)](problem, data, rho)
         return sample + _block_hessian(lambda th: _params_part(problem, data, th), theta)
     return _block_hessian(lambda th: inner_objective(problem, data, th, rho, "autodiff"), theta)
@@ -606,8 +612,7 @@ def inner_method(s, problem) -> str:
             raise ValueError(f"inner='newton' forms a P x P Hessian for every layer, and a layer here has "
                              f"P = {P} parameters (at most {NEWTON_MAX_PARAMS}); use inner='optax'")
         return "newton"
-    closed = (s.inner_gradient == "closed_form"
-              and (type(problem.integrator), type(problem.dynamics)) in _CLOSED_FORM_HESSIAN)
+    closed = s.inner_gradient == "closed_form" and has_closed_form_hessian(problem)
     return "newton" if closed and P <= NEWTON_AUTO_MAX_PARAMS and s.inner_optimizer is None else "optax"
 
 
