@@ -19,6 +19,8 @@ from .costs import LOSSES, Logistic, Loss, SoftmaxCrossEntropy, SquaredError
 from .dynamics import DYNAMICS, InnerActivation, OuterActivation, TwoLayer, VectorField
 from .hamiltonian import grad_theta, grad_z, hamiltonian, layer_hamiltonians
 from .integrators import INTEGRATORS, RK4, Euler, Integrator
+# Convolutional fields on channel x space states (they register their names).
+from .conv import AntisymmetricConv, Conv, ParabolicConv, conv_spectral_norm
 # Structure-preserving fields, splitting integrators and the MLP map (they register their names).
 from .mlp import NoResidual
 from .splitting import LieSplitting, PartitionedField, SplitField, StrangSplitting
@@ -26,10 +28,10 @@ from .structured import (
     Antisymmetric, Hamiltonian, LipschitzNet, MassPreserving, VolumePreserving, lipschitz_factor,
 )
 from . import architecture
-from .lift import lift
+from .lift import ConvLift, lift
 from .problem import ControlProblem, Controls, metrics, objective, objective_value
 from .readout import init_readout, readout
-from .state import final_state, forward
+from .state import final_state, forward, from_scan, to_scan
 
 __version__ = "0.1.0"
 from .io import Result, load_controls, save_controls

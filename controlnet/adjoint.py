@@ -27,8 +27,12 @@ twice is cheaper than writing and reading its residuals (for ``σ(Wz + b)`` both
 reference problem, 0.70× with RK4, 0.82× for a two-layer field, 0.85-0.91× at widths 8-32
 (measured; docs/architecture.md). ``∇R`` is evaluated for all layers at once, outside the scans.
 
-Like the forward pass (:mod:`controlnet.state`), the scans carry states and co-states
-feature-major, ``(d, S)``; the public arrays are ``(N+1, S, d)``.
+Like the forward pass (:mod:`controlnet.state`), the scans carry states and co-states in the
+vector field's layout (feature-major ``(d, S)`` for dense fields); the public arrays are
+``(N+1, S, *shape)``: every formula here holds for any state shape.
+
+A learned lift ``z_0 = λ1(x; φ)`` (:class:`~controlnet.ConvLift`) gets
+``∇_φ J = −J_φλ1ᵀ p_0 + ∇_φ(lift cost)``: the co-state ``p_0`` pulled back through the lift.
 
 Memory. :func:`gradient` keeps all states and co-states, ``2 (N+1) S d`` numbers.
 :func:`value_and_gradient` keeps no co-state trajectory, and with ``block=B`` residuals only
@@ -43,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from .problem import Controls, _total, _tracking_sum
-from .state import final_fm, forward, step_fm
+from .state import final_fm, forward, from_scan, stack_from_scan, stack_to_scan, step_fm, to_scan
 
 __all__ = ["terminal_costate", "backward", "flow_and_backward", "costates", "gradient",
            "value_and_gradient", "gradient_from_hamiltonian"]
@@ -65,7 +69,7 @@ def _pullback(problem, zT, theta, w):
     ``(z, θ, w) ↦ (Ψ_h(z, θ), L(z, w))`` (of ``(z, θ) ↦ Ψ_h(z, θ)`` without tracking);
     :func:`_pull` applies it."""
     if _tracking(problem):
-        return jax.vjp(lambda z, th, w: (step_fm(problem, z, th), problem.tracking_cost(z.T, w)),
+        return jax.vjp(lambda z, th, w: (step_fm(problem, z, th), problem.tracking_cost(from_scan(problem, z), w)),
                        zT, theta, w)[1]
     return jax.vjp(lambda z, th: step_fm(problem, z, th), zT, theta)[1]
 
@@ -92,7 +96,7 @@ def _flow_vjp(problem, theta, w, z0T):
         def flow(z0, th, w):
             @jax.checkpoint  # module doc: re-linearized from z_k in the backward pass
             def layer(z, t):
-                return step_fm(problem, z, t), problem.tracking_cost(z.T, w)
+                return step_fm(problem, z, t), problem.tracking_cost(from_scan(problem, z), w)
 
             z_n, Ls = jax.lax.scan(layer, z0, th)
             return z_n, jnp.sum(Ls)
@@ -134,19 +138,35 @@ def _layer_gradients(problem, theta, w, pulled_th, pulled_w):
     return _tree_map(lambda a, b: a - problem.h * b, pulled_th, dR), g_w
 
 
-def _assemble(problem, controls, g_theta, g_w, dphi_dw):
-    """``∇J`` from the Hamiltonian gradients (module doc), plus the coupling term."""
+def _lift_gradient(problem, controls, p0):
+    """``∇_φ J = −J_φλ1ᵀ p_0 + ∇_φ(lift cost)`` for a learned lift (``None`` without one);
+    ``p0`` sample-major."""
+    if problem.lift is None:
+        return None
+    pulled = jax.vjp(problem.z0, controls.lift)[1](p0)[0]
+    cost = jax.grad(problem.lift_cost)(controls.lift)
+    return _tree_map(lambda a, b: b - a, pulled, cost)
+
+
+def _assemble(problem, controls, g_theta, g_w, dphi_dw, p0=None):
+    """``∇J`` from the Hamiltonian gradients (module doc), plus the coupling term; ``p0`` (the
+    co-state ``p_0``, sample-major) is needed for a learned lift only."""
     grad_theta = _tree_map(lambda g: -g, g_theta)
     if "smoothness" in problem.terms:
         grad_theta = _tree_map(lambda a, b: a + b, grad_theta, jax.grad(problem.coupling)(controls.theta))
-    return Controls(grad_theta, _tree_map(lambda a, b: a - b, dphi_dw, g_w))
+    grad_lift = None if p0 is None else _lift_gradient(problem, controls, p0)
+    return Controls(grad_theta, _tree_map(lambda a, b: a - b, dphi_dw, g_w), grad_lift)
 
 
-def gradient_from_hamiltonian(problem, controls, g_theta, g_w, zN):
+def gradient_from_hamiltonian(problem, controls, g_theta, g_w, zN, p0=None):
     """``∇J`` (a :class:`Controls`) from the outputs ``g_theta, g_w`` of :func:`backward` and
     the final state ``z_N``: ``∇_{θ_k}J = −∇_θH_k + ∇_{θ_k}(coupling)``,
-    ``∇_w J = ∇_wΦ(z_N, w) − Σ_k ∇_wH_k`` (module doc)."""
-    return _assemble(problem, controls, g_theta, g_w, jax.grad(problem.terminal, argnums=1)(zN, controls.w))
+    ``∇_w J = ∇_wΦ(z_N, w) − Σ_k ∇_wH_k``, and with a learned lift ``∇_φ J = −J_φλ1ᵀ p_0 + …``
+    from the co-state ``p0 = p_0`` (module doc)."""
+    if problem.lift is not None and p0 is None:
+        raise ValueError("this problem's lift is learned: pass the co-state p0 = ps[0] for its gradient")
+    dphi_dw = jax.grad(problem.terminal, argnums=1)(zN, controls.w)
+    return _assemble(problem, controls, g_theta, g_w, dphi_dw, p0)
 
 
 def _terminal(problem, zN, w):
@@ -158,18 +178,20 @@ def _terminal(problem, zN, w):
 def backward(problem, controls, zs):
     """Co-states and the layers' Hamiltonian gradients from the states ``zs (N+1, S, d)``.
 
-    Returns ``(ps, g_theta, g_w)``: ``ps`` of shape ``(N+1, S, d)``, ``g_theta = ∇_θ H_k`` per
-    layer (leading axis ``N``) and ``g_w = Σ_k ∇_w H_k``.
+    Returns ``(ps, g_theta, g_w)``: ``ps`` of shape ``(N+1, S, *shape)``, ``g_theta = ∇_θ H_k``
+    per layer (leading axis ``N``) and ``g_w = Σ_k ∇_w H_k``.
     """
     theta, w = controls.theta, controls.w
     pN = terminal_costate(problem, zs[-1], w)
-    psT, pulled_th, pulled_w = _backward_scan(problem, jnp.swapaxes(zs[:-1], 1, 2), theta, w, pN.T)
-    ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
+    psT, pulled_th, pulled_w = _backward_scan(problem, stack_to_scan(problem, zs[:-1]), theta, w,
+                                              to_scan(problem, pN))
+    ps = jnp.concatenate([stack_from_scan(problem, psT), pN[None]], axis=0)
     return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w))
 
 
-def flow_and_backward(problem, theta):
-    """``(zs, backward)``: the states ``z_0..z_N``, shape ``(N+1, S, d)``, from one forward
+def flow_and_backward(problem, theta, z0=None):
+    """``(zs, backward)``: the states ``z_0..z_N``, shape ``(N+1, S, *shape)``, from ``z0``
+    (default ``λ1(x)``; a learned lift needs ``problem.z0(controls.lift)``) by one forward
     pass, and ``backward(w) -> (ps, g_theta, g_w)``, what :func:`backward` returns for
     ``Controls(theta, w)`` and these states, for a read-out ``w`` chosen after the forward pass
     (MSA's Newton read-out).
@@ -182,7 +204,7 @@ def flow_and_backward(problem, theta):
     Forward and backward together took 0.80× the time of :func:`controlnet.forward` followed
     by :func:`backward` on the reference problem (paired), with the same numbers.
     """
-    z0T = problem.z0().T
+    z0T = to_scan(problem, problem.z0() if z0 is None else z0)
 
     def flow(z0, th, eps):
         @jax.checkpoint
@@ -194,7 +216,7 @@ def flow_and_backward(problem, theta):
         return jax.lax.scan(layer, z0, (th, eps))
 
     (zNT, zsT), vjp = jax.vjp(flow, z0T, theta, jnp.zeros((problem.N,) + z0T.shape, z0T.dtype))
-    zs = jnp.concatenate([jnp.swapaxes(zsT, 1, 2), zNT.T[None]], axis=0)
+    zs = jnp.concatenate([stack_from_scan(problem, zsT), from_scan(problem, zNT)[None]], axis=0)
 
     def pull(w):
         pN = terminal_costate(problem, zs[-1], w)
@@ -202,20 +224,20 @@ def flow_and_backward(problem, theta):
             # ∇_z L(z_k, w) for every k and Σ_k ∇_w L(z_k, w) from one gradient of Σ_k L.
             track = lambda zs, w: jnp.sum(jax.vmap(problem.tracking_cost, in_axes=(0, None))(zs, w))  # noqa: E731
             dL, dw = jax.grad(track, argnums=(0, 1))(zs[:-1], w)
-            states_ct = -problem.h * jnp.swapaxes(dL, 1, 2)
+            states_ct = -problem.h * stack_to_scan(problem, dL)
             pulled_w = _tree_map(lambda g: -problem.h * g, dw)
         else:
             states_ct, pulled_w = jnp.zeros_like(zsT), None
-        _, pulled_th, p_eps = vjp((pN.T, states_ct))
-        ps = jnp.concatenate([jnp.swapaxes(p_eps, 1, 2), pN[None]], axis=0)
+        _, pulled_th, p_eps = vjp((to_scan(problem, pN), states_ct))
+        ps = jnp.concatenate([stack_from_scan(problem, p_eps), pN[None]], axis=0)
         return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w))
 
     return zs, pull
 
 
 def costates(problem, controls, zs=None):
-    """Co-states ``p_0..p_N``, shape ``(N+1, S, d)`` (states recomputed if not given)."""
-    zs = forward(problem, controls.theta) if zs is None else zs
+    """Co-states ``p_0..p_N``, shape ``(N+1, S, *shape)`` (states recomputed if not given)."""
+    zs = forward(problem, controls.theta, problem.z0(controls.lift)) if zs is None else zs
     return backward(problem, controls, zs)[0]
 
 
@@ -226,13 +248,14 @@ def gradient(problem, controls):
     round-off (tested in float64).
     """
     theta, w = controls.theta, controls.w
-    zs = forward(problem, theta)
+    zs = forward(problem, theta, problem.z0(controls.lift))
     phi, pN, dphi_dw = _terminal(problem, zs[-1], w)
-    psT, pulled_th, pulled_w = _backward_scan(problem, jnp.swapaxes(zs[:-1], 1, 2), theta, w, pN.T)
-    ps = jnp.concatenate([jnp.swapaxes(psT, 1, 2), pN[None]], axis=0)
+    psT, pulled_th, pulled_w = _backward_scan(problem, stack_to_scan(problem, zs[:-1]), theta, w,
+                                              to_scan(problem, pN))
+    ps = jnp.concatenate([stack_from_scan(problem, psT), pN[None]], axis=0)
     g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
-    J = _total(problem, theta, phi, _tracking_sum(problem, zs, w))
-    return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zs, ps
+    J = _total(problem, controls, phi, _tracking_sum(problem, zs, w))
+    return J, _assemble(problem, controls, g_theta, g_w, dphi_dw, ps[0]), zs, ps
 
 
 def _blocks(N, block):
@@ -259,16 +282,16 @@ def value_and_gradient(problem, controls, *, block=None):
     """
     nb, B = _blocks(problem.N, block)
     theta, w = controls.theta, controls.w
-    z0T = problem.z0().T
+    z0T = to_scan(problem, problem.z0(controls.lift))
     if block is None:
         zNT, track, pull = _flow_vjp(problem, theta, w, z0T)
-        zN = zNT.T
+        zN = from_scan(problem, zNT)
         phi, pN, dphi_dw = _terminal(problem, zN, w)
-        _, pulled_th, pulled_w = pull(pN.T)
+        p0T, pulled_th, pulled_w = pull(to_scan(problem, pN))
     else:
         theta_b = _tree_map(lambda a: a.reshape((nb, B) + a.shape[1:]), theta)
         zNT, starts = jax.lax.scan(lambda z, th: (final_fm(problem, th, z), z), z0T, theta_b)
-        zN = zNT.T
+        zN = from_scan(problem, zNT)
         phi, pN, dphi_dw = _terminal(problem, zN, w)
 
         def bwd_block(p_next, inputs):
@@ -277,10 +300,12 @@ def value_and_gradient(problem, controls, *, block=None):
             p, g_th, g_w = pull(p_next)
             return p, (g_th, g_w, track)
 
-        _, (pulled_th, pulled_w, tracks) = jax.lax.scan(bwd_block, pN.T, (starts, theta_b), reverse=True)
+        p0T, (pulled_th, pulled_w, tracks) = jax.lax.scan(bwd_block, to_scan(problem, pN), (starts, theta_b),
+                                                          reverse=True)
         pulled_th = _tree_map(lambda a: a.reshape((nb * B,) + a.shape[2:]), pulled_th)
         pulled_w = None if pulled_w is None else _tree_map(lambda g: g.sum(axis=0), pulled_w)
         track = jnp.sum(tracks)
     g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
-    J = _total(problem, theta, phi, track)
-    return J, _assemble(problem, controls, g_theta, g_w, dphi_dw), zN
+    J = _total(problem, controls, phi, track)
+    p0 = None if problem.lift is None else from_scan(problem, p0T)
+    return J, _assemble(problem, controls, g_theta, g_w, dphi_dw, p0), zN

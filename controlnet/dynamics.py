@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from typing import ClassVar
 
 import jax
 
@@ -26,7 +27,14 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class VectorField(abc.ABC):
-    """Interface: ``f(z, θ)`` for a batch ``z`` of shape ``(..., d)``."""
+    """Interface: ``f(z, θ)`` for a batch ``z`` of shape ``(..., d)``.
+
+    ``sample_axis``: where the scans keep the samples. Dense fields are carried feature-major,
+    ``(d, S)`` (samples last, ``-1``); fields on structured states (:mod:`controlnet.conv`)
+    keep their own layout, samples first (``0``).
+    """
+
+    sample_axis: ClassVar[int] = -1
 
     @abc.abstractmethod
     def __call__(self, z, theta):
@@ -44,6 +52,13 @@ class VectorField(abc.ABC):
         for small ``d`` than the vmapped per-sample product.
         """
         return jax.vmap(self, in_axes=(1, None), out_axes=1)(zT, theta)
+
+    def check_state(self, shape) -> None:
+        """Raise ``ValueError`` unless one sample's state ``shape`` suits the field: ``(d,)`` here."""
+        if len(shape) != 1:
+            raise ValueError(f"{type(self).__name__} acts on vector states (samples, features), got states "
+                             f"of shape (samples, {', '.join(map(str, shape))}); flatten x to (samples, "
+                             "features) or use a convolutional field (controlnet.Conv)")
 
 
 def _normal(key, shape, std):

@@ -313,3 +313,34 @@ def plot_fit_1d(x, y, fits: dict, *, title: str | None = None):
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     return _finish(fig, ax, title)
+
+
+__all__ += ["plot_feature_maps"]
+
+
+def plot_feature_maps(zs, sample: int = 0, layers=None, *, T: float | None = None, title: str | None = None):
+    """One sample's feature maps through the layers of a convolutional network.
+
+    ``zs (N+1, S, C, L)`` (signals: each panel is a channels × position image of ``z_k``) or
+    ``(N+1, S, C, H, W)`` (images: each panel shows the channel mean of ``z_k``). ``layers``
+    defaults to :func:`layer_choice`; one colour scale per panel.
+    """
+    zs = np.asarray(zs)
+    if zs.ndim not in (4, 5):
+        raise ValueError(f"feature maps need states (N+1, S, C, L) or (N+1, S, C, H, W), got shape {zs.shape}")
+    N = zs.shape[0] - 1
+    layers = layer_choice(N) if layers is None else list(layers)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.0), squeeze=False)
+    for ax, k in zip(axes[0], layers):
+        z = zs[k, sample]
+        img = z if z.ndim == 2 else z.mean(axis=0)
+        im = ax.imshow(img, aspect="auto", cmap="RdBu_r", interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        when = f", t = {k * T / N:.2g}" if T is not None else ""
+        ax.set_title(f"layer {k}{when}", fontsize=10)
+        ax.set_xlabel("position" if z.ndim == 2 else "width")
+        ax.set_ylabel("channel" if z.ndim == 2 else "height")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,6 +1,7 @@
 """Data sets and ready-made control problems; imports :mod:`controlnet` only."""
 
 from .datasets import (
-    DATASETS, FIXED_DATASETS, digits, noisy_ring, ring, sine, spirals, square, two_moons, xor,
+    DATASETS, FIXED_DATASETS, SPLIT_DATASETS, digits, digits_image, mnist1d, noisy_ring, ring, sine,
+    spirals, square, two_moons, xor,
 )
 from .tasks import DEFAULTS, LOSSES, PROBLEMS, Task, make

@@ -20,7 +20,7 @@ import controlnet as cn
 
 from . import datasets
 
-__all__ = ["Task", "make", "PROBLEMS", "DEFAULTS", "LOSSES"]
+__all__ = ["Task", "make", "PROBLEMS", "DEFAULTS", "LOSSES", "LIFTS"]
 
 
 class Task(NamedTuple):
@@ -48,6 +48,14 @@ DEFAULTS = {
     # 1797 images: 1347 for training, the other 450 for testing.
     "digits": dict(samples=1347, width=64, layers=10, horizon=1.0, dynamics="inner", hidden=16,
                    l2=1e-4),
+    # Convolutional ResNets: the width is the number of channels, the lift a learned convolution.
+    # MNIST-1D: its standard 4,000/1,000 split; signals (1, 40). The flattened read-out keeps
+    # where along the signal a feature is (the global average loses it).
+    "mnist1d": dict(samples=4000, width=32, layers=8, horizon=2.0, dynamics="conv", kernel=5,
+                    lift="conv", lift_kernel=5, pooling="flatten", hidden=16, l2=1e-4),
+    # The 8x8 digits as 1x8x8 images, split as "digits".
+    "digits_image": dict(samples=1347, width=16, layers=6, horizon=1.5, dynamics="conv", kernel=3,
+                         lift="conv", lift_kernel=3, hidden=16, l2=1e-4),
 }
 PROBLEMS = tuple(DEFAULTS)
 
@@ -61,10 +69,15 @@ LOSSES = {
     "square": cn.SquaredError(1),
     "sine": cn.SquaredError(1),
     "digits": cn.SoftmaxCrossEntropy(10),
+    "mnist1d": cn.SoftmaxCrossEntropy(10),
+    "digits_image": cn.SoftmaxCrossEntropy(10),
 }
 
+#: Lifts by name: ``zero`` pads the channels with zeros, ``conv`` learns a convolution.
+LIFTS = ("zero", "conv")
 
-def _dynamics(name, hidden, activation):
+
+def _dynamics(name, hidden, activation, kernel, ndim):
     if name not in cn.DYNAMICS:
         raise ValueError(f"unknown dynamics {name!r}; choose one of {sorted(cn.DYNAMICS)}")
     cls = cn.DYNAMICS[name]
@@ -72,11 +85,27 @@ def _dynamics(name, hidden, activation):
     opts = {"activation": activation} if "activation" in fields else {}
     if "width" in fields:  # a hidden width (TwoLayer, Hamiltonian)
         opts["width"] = hidden
+    if "kernel" in fields:  # a convolutional field, on the data's spatial axes
+        opts.update(kernel=kernel, ndim=ndim)
     return cls(**opts)
+
+
+def _lift(name, kernel):
+    if name not in LIFTS:
+        raise ValueError(f"unknown lift {name!r}; choose one of {list(LIFTS)}")
+    return None if name == "zero" else cn.ConvLift(kernel)
 
 
 def _split(name, samples, test_samples, seed):
     """``(x, y), test``: generated with ``seed`` and ``seed + 10000``, or a shuffle of fixed data."""
+    if name in datasets.SPLIT_DATASETS:
+        (x, y), (xt, yt) = datasets.SPLIT_DATASETS[name]()
+        if not 1 <= samples <= len(x):
+            raise ValueError(f"{name} has {len(x)} training samples; ask for between 1 and {len(x)}")
+        n_test = len(xt) if test_samples is None else test_samples
+        if n_test > len(xt):
+            raise ValueError(f"{name} has {len(xt)} test samples, not {n_test}; lower test_samples")
+        return (x[:samples], y[:samples]), ((xt[:n_test], yt[:n_test]) if n_test else None)
     if name in datasets.FIXED_DATASETS:
         x, y = datasets.FIXED_DATASETS[name]()
         n = len(x)
@@ -115,22 +144,32 @@ def make(
     smoothness: float = 0.0,
     tracking: float = 0.0,
     readout_l2: float = 1e-3,
+    kernel: int | None = None,
+    lift: str | None = None,
+    lift_kernel: int | None = None,
+    lift_l2: float = 1e-3,
+    pooling: str | None = None,
 ) -> Task:
     """The problem ``name`` (one of :data:`PROBLEMS`); ``None`` options take :data:`DEFAULTS`.
 
-    ``samples`` defaults to 500 (digits: 1347 of 1797); ``test_samples`` to as many as
-    ``samples`` for synthetic data and to the rest for digits (``0``: no test split).
+    ``samples`` defaults to 500 (digits: 1347 of 1797; MNIST-1D: all 4,000 of its training
+    split); ``test_samples`` to as many as ``samples`` for synthetic data, to the rest for
+    digits and to MNIST-1D's 1,000 test signals (``0``: no test split).
     ``integrator="no_residual"`` turns the ResNet into an MLP ``z_{k+1} = f(z_k, θ_k)``.
+    ``kernel`` is the kernel size of a convolutional field, ``lift`` one of :data:`LIFTS`
+    (``lift_kernel`` the kernel of a learned one, ``lift_l2`` its weight), ``pooling`` the
+    read-out of spatial states (``"mean"`` or ``"flatten"``).
     """
     if name not in DEFAULTS:
         raise ValueError(f"unknown problem {name!r}; choose one of {sorted(DEFAULTS)}")
     if integrator not in cn.INTEGRATORS:
         raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(cn.INTEGRATORS)}")
-    d = {"samples": 500, **DEFAULTS[name]}
+    d = {"samples": 500, "kernel": 3, "lift": "zero", "lift_kernel": 1, "pooling": "mean", **DEFAULTS[name]}
     opt = lambda v, k: d[k] if v is None else v  # noqa: E731
     (x, y), test = _split(name, opt(samples, "samples"), test_samples, seed)
+    ndim = np.ndim(x) - 2
     problem = cn.ControlProblem(
-        dynamics=_dynamics(opt(dynamics, "dynamics"), opt(hidden, "hidden"), activation),
+        dynamics=_dynamics(opt(dynamics, "dynamics"), opt(hidden, "hidden"), activation, opt(kernel, "kernel"), ndim),
         integrator=cn.INTEGRATORS[integrator](),
         N=opt(layers, "layers"),
         width=opt(width, "width"),
@@ -143,5 +182,8 @@ def make(
         smoothness=smoothness,
         tracking=tracking,
         readout_l2=readout_l2,
+        lift=_lift(opt(lift, "lift"), opt(lift_kernel, "lift_kernel")),
+        lift_l2=lift_l2,
+        pooling=opt(pooling, "pooling"),
     )
     return Task(name, problem, test)

@@ -53,7 +53,7 @@ Couplings between layers, handled explicitly:
   neighbours frozen at iterate ``j`` (one term at the ends), whose gradient in ``θ_k`` is exactly
   that of the coupling in ``J``; all layers then move at once.
 - **Read-out** ``w`` (a terminal parameter, no layer's control), from the states ``z^j``.
-  ``readout="newton"`` (default) first takes a Newton step on the convex
+  ``readout="newton"`` (``"auto"``, the default, for small read-outs) first takes a Newton step on the convex
   ``J_w(w) = Φ(z_N^j, w) + h Σ_k L(z_k^j, w)`` (Hessian of size ``(n_out (d+1))²``), safeguarded
   by keeping the best of ``w^j`` and the step lengths 1, ½, ¼ (for a squared-error loss the full
   step *is* the exact ridge least-squares solution), and the co-states are then computed with
@@ -90,6 +90,7 @@ from jax.flatten_util import ravel_pytree
 
 import controlnet as cn
 from controlnet.activations import activation
+from controlnet.state import from_scan, stack_to_scan, to_scan
 
 from .gd import minibatch, tree_norm
 
@@ -109,6 +110,7 @@ __all__ = [
     "newton_preconditioner",
     "subsample",
     "readout_newton",
+    "readout_method",
 ]
 
 
@@ -118,10 +120,12 @@ class MSAState(NamedTuple):
     key: jax.Array
     iteration: jax.Array
     rho: jax.Array
+    lift_state: Any = ()
 
 
 class LayerData(NamedTuple):
-    """Iterate ``j`` per layer, samples last: ``z, z_next, p_next, target`` of shape ``(N, d, S)``.
+    """Iterate ``j`` per layer in the scans' layout: ``z, z_next, p_next, target`` of shape
+    ``(N, d, S)`` for dense fields (samples last), ``(N, S, C, *space)`` for convolutional ones.
 
     ``p_next = p̃_{k+1} = S p_{k+1}``, ``target = S (p_k + h∇_z L(z_k))`` (``= J_zΨ_h(z_k, θ_k^j)ᵀ
     p̃_{k+1}``, the costate residual's target), ``theta`` = ``θ^j`` (for the Jacobi coupling).
@@ -135,27 +139,26 @@ class LayerData(NamedTuple):
 
 
 def layer_data(problem, controls, zs, ps) -> LayerData:
-    """:class:`LayerData` from the states and batch-summed co-states ``(N+1, S, d)``."""
+    """:class:`LayerData` from the states and batch-summed co-states ``(N+1, S, *shape)``."""
     S = zs.shape[1]
-    zT, pT = jnp.swapaxes(zs, 1, 2), S * jnp.swapaxes(ps, 1, 2)  # one transpose each
+    zT, pT = stack_to_scan(problem, zs), S * stack_to_scan(problem, ps)  # one transpose each
     t = pT[:-1]
     if "tracking" in problem.terms:
         dL = jax.vmap(jax.grad(problem.tracking_cost), in_axes=(0, None))(zs[:-1], controls.w)
-        t = t + problem.h * S * jnp.swapaxes(dL, 1, 2)
+        t = t + problem.h * S * stack_to_scan(problem, dL)
     return LayerData(zT[:-1], zT[1:], pT[1:], t, controls.theta)
 
 
 def residuals(problem, data: LayerData, theta, method="closed_form"):
-    """``(r_1, r_2)`` per layer and sample, shape ``(N, d, S)`` each (module doc); by the closed
+    """``(r_1, r_2)`` per layer and sample, shaped like ``data.z`` (module doc); by the closed
     forms where available (``method="closed_form"``), else by ``jax.vjp`` of ``problem.step``."""
     if method == "closed_form" and has_closed_form(problem):
         # The kernel's gradient is unused here, and XLA drops it under jit.
         return _CLOSED_FORM[type(problem.integrator), type(problem.dynamics)](problem, data, theta, 0.0)[:2]
 
     def layer(z, zn, pn, t, th):
-        z = z.T
-        Psi, vjp = jax.vjp(lambda x: problem.step(x, th), z)
-        return (zn - Psi.T), (t - vjp(pn.T)[0].T)
+        Psi, vjp = jax.vjp(lambda x: problem.step(x, th), from_scan(problem, z))
+        return zn - to_scan(problem, Psi), t - to_scan(problem, vjp(from_scan(problem, pn))[0])
 
     return jax.vmap(layer)(data.z, data.z_next, data.p_next, data.target, theta)
 
@@ -179,10 +182,17 @@ def _params_part(problem, data, theta):
     return -problem.h * run - _jacobi_coupling(problem, theta, data.theta)
 
 
-def _residual_sums(data, r1, r2):
+def _sample_axis(problem) -> int:
+    """The samples' axis in :class:`LayerData`'s arrays (after the leading layer axis)."""
+    axis = problem.dynamics.sample_axis
+    return axis if axis < 0 else axis + 1
+
+
+def _residual_sums(problem, data, r1, r2):
     """Per layer ``(mean_i p̃⁺·r₁, mean_i ‖r₁‖², mean_i ‖r₂‖²)``, shape ``(N, 3)``."""
-    S = r1.shape[-1]
-    return jnp.stack([jnp.sum(data.p_next * r1, (1, 2)), jnp.sum(r1**2, (1, 2)), jnp.sum(r2**2, (1, 2))], 1) / S
+    S = r1.shape[_sample_axis(problem)]
+    ax = tuple(range(1, r1.ndim))
+    return jnp.stack([jnp.sum(data.p_next * r1, ax), jnp.sum(r1**2, ax), jnp.sum(r2**2, ax)], 1) / S
 
 
 def _sample_part(sums, rho):
@@ -198,7 +208,7 @@ def inner_objective(problem, data: LayerData, theta, rho, method="closed_form"):
 
 def _value_sums(problem, data, theta, rho, method):
     """``(v, sums)``: :func:`inner_objective` and the :func:`_residual_sums` at ``θ``."""
-    sums = _residual_sums(data, *residuals(problem, data, theta, method))
+    sums = _residual_sums(problem, data, *residuals(problem, data, theta, method))
     return _sample_part(sums, rho) + _params_part(problem, data, theta), sums
 
 
@@ -300,7 +310,7 @@ def _value_grad_sums(problem, data, theta, rho, method):
     if method == "closed_form" and has_closed_form(problem):
         r1, r2, g = _CLOSED_FORM[type(problem.integrator), type(problem.dynamics)](problem, data, theta, rho)
         gp = jax.grad(lambda th: jnp.sum(_params_part(problem, data, th)))(theta)
-        sums = _residual_sums(data, r1, r2)
+        sums = _residual_sums(problem, data, r1, r2)
         v = _sample_part(sums, rho) + _params_part(problem, data, theta)
         return v, jax.tree_util.tree_map(jnp.add, g, gp), sums
 
@@ -457,21 +467,22 @@ def newton_preconditioner(hessian, theta) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def subsample(data: LayerData, key, n) -> LayerData:
+def subsample(data: LayerData, key, n, axis: int = -1) -> LayerData:
     """``data`` on every ``s``-th sample, ``s = ⌊S/n⌋``, from a random offset in ``[0, s)``:
     ``⌊S/s⌋`` samples (``n`` to ``2n − 1``), spread over the whole set; all of them if ``n``
     is ``None`` or more than ``S/2``. The Newton step's Hessian is a sample mean, estimated on
     these. A strided slice, so nearly free (a gather of ``n`` random samples cost more than
-    the Hessian itself)."""
-    S = data.z.shape[-1]
+    the Hessian itself). ``axis``: the samples' axis of the arrays."""
+    S = data.z.shape[axis]
     s = 1 if n is None else max(S // n, 1)
     if s == 1:
         return data
     m, r = S // s, jax.random.randint(key, (), 0, s)
 
     def pick(x):
+        x = jnp.moveaxis(x, axis, -1)
         x = x[..., : m * s].reshape(x.shape[:-1] + (m, s))
-        return jax.lax.dynamic_index_in_dim(x, r, axis=-1, keepdims=False)
+        return jnp.moveaxis(jax.lax.dynamic_index_in_dim(x, r, axis=-1, keepdims=False), -1, axis)
 
     return LayerData(*(pick(x) for x in data[:4]), data.theta)
 
@@ -572,8 +583,8 @@ def _check(s):
                          f"layer) or 'ipopt' (exact per layer), got {s.inner!r}")
     if s.inner not in ("auto", "optax") and s.inner_optimizer is not None:
         raise ValueError(f"inner_optimizer is the optimizer of inner='optax'; inner={s.inner!r} takes none")
-    if s.readout not in ("newton", "gradient"):
-        raise ValueError(f"readout must be 'newton' or 'gradient', got {s.readout!r}")
+    if s.readout not in ("auto", "newton", "gradient"):
+        raise ValueError(f"readout must be 'auto', 'newton' or 'gradient', got {s.readout!r}")
     if s.readout_optimizer is not None and not isinstance(s.readout_optimizer, optax.GradientTransformation):
         raise TypeError("readout_optimizer must be an optax.GradientTransformation or None")
     if s.batch_size is not None and (not isinstance(s.batch_size, int) or s.batch_size < 1):
@@ -616,15 +627,36 @@ def inner_method(s, problem) -> str:
     return "newton" if closed and P <= NEWTON_AUTO_MAX_PARAMS and s.inner_optimizer is None else "optax"
 
 
+#: ``readout="auto"`` takes the Newton step up to this many read-out parameters (its Hessian is
+#: ``n × n``; a flattened read-out of a convolutional state has ``10·C·L + 10``, 12,810 for
+#: MNIST-1D at 32 channels, whose Hessian alone would take 0.66 GB).
+READOUT_NEWTON_MAX_PARAMS = 2048
+
+
+def readout_method(s, problem) -> str:
+    """How ``s`` updates the read-out on ``problem``: its ``readout``, where ``"auto"`` is
+    ``"newton"`` up to :data:`READOUT_NEWTON_MAX_PARAMS` read-out parameters, else ``"gradient"``."""
+    if s.readout != "auto":
+        return s.readout
+    n = (problem.readout_width + 1) * problem.loss.n_out
+    return "newton" if n <= READOUT_NEWTON_MAX_PARAMS else "gradient"
+
+
 def _readout_optimizer(s):
     # Built on use, so that two solvers with equal options compare equal (one compiled step).
     return s.readout_optimizer if s.readout_optimizer is not None else optax.adam(1e-2)
 
 
+def _lift_optimizer(s):
+    # A learned lift is a terminal parameter like w: one optimizer step along ∇_φ J per iteration.
+    return s.readout_optimizer if s.readout_optimizer is not None else optax.adam(1e-2)
+
+
 def _init(s, problem, controls, key, rho0):
-    ro = _readout_optimizer(s).init(controls.w) if s.readout == "gradient" else ()
+    ro = _readout_optimizer(s).init(controls.w) if readout_method(s, problem) == "gradient" else ()
+    lo = _lift_optimizer(s).init(controls.lift) if problem.lift is not None else ()
     dtype = jnp.result_type(float)
-    return MSAState(controls, ro, key, jnp.zeros((), jnp.int32), jnp.asarray(rho0, dtype))
+    return MSAState(controls, ro, key, jnp.zeros((), jnp.int32), jnp.asarray(rho0, dtype), lo)
 
 
 def _step(s, problem, state, rho, optimizer, adapt=None):
@@ -632,14 +664,16 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     key, sub = jax.random.split(state.key)
     batch = minibatch(problem, sub, s.batch_size)
     c0 = state.controls
-    zs, backward = cn.flow_and_backward(batch, c0.theta)
+    zs, backward = cn.flow_and_backward(batch, c0.theta, batch.z0(c0.lift))
     m = cn.metrics(batch, c0, zs)
     # Newton read-out first (Gauss-Seidel): the co-states then belong to the w that is kept.
-    c = cn.Controls(c0.theta, readout_newton(batch, zs, c0.w)) if s.readout == "newton" else c0
+    readout = readout_method(s, batch)
+    c = c0._replace(w=readout_newton(batch, zs, c0.w)) if readout == "newton" else c0
     ps, g_theta, g_w = backward(c.w)
 
-    # ∇J from the same backward pass (the adjoint identities), for grad_norm and the read-out.
-    grad_theta, grad_w = cn.gradient_from_hamiltonian(batch, c, g_theta, g_w, zs[-1])
+    # ∇J from the same backward pass (the adjoint identities), for grad_norm, read-out and lift.
+    grad = cn.gradient_from_hamiltonian(batch, c, g_theta, g_w, zs[-1], ps[0])
+    grad_theta, grad_w = grad.theta, grad.w
 
     data = layer_data(batch, c, zs, ps)
     start = jax.tree_util.tree_map(jnp.negative, grad_theta)
@@ -648,18 +682,22 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
         from .msa_exact import maximize_exactly  # CasADi only when asked for
 
         theta = maximize_exactly(batch, data, rho)
-        sums = _residual_sums(data, *residuals(batch, data, theta, s.inner_gradient))
+        sums = _residual_sums(batch, data, *residuals(batch, data, theta, s.inner_gradient))
     else:
         if inner == "newton":
-            hdata = subsample(data, jax.random.fold_in(sub, 1), s.hessian_samples)
+            hdata = subsample(data, jax.random.fold_in(sub, 1), s.hessian_samples, _sample_axis(batch))
             optimizer = newton_preconditioner(inner_hessian(batch, hdata, rho, s.inner_gradient), c.theta)
         steps = s.inner_steps if s.inner_steps is not None else (1 if inner == "newton" else 3)
         theta, sums = _maximize(batch, data, rho, optimizer, steps, s.inner_gradient, start)
     ro = state.readout_state
     w = c.w
-    if s.readout == "gradient":
+    if readout == "gradient":
         upd, ro = _readout_optimizer(s).update(grad_w, ro, c.w)
         w = optax.apply_updates(c.w, upd)
+    lo, lift = state.lift_state, c.lift
+    if batch.lift is not None:
+        upd, lo = _lift_optimizer(s).update(grad.lift, lo, c.lift)
+        lift = optax.apply_updates(c.lift, upd)
 
     # H_k(θ') − H_k(θ^j) = −mean_i p̃⁺·r₁(θ') − h[R(θ') − R(θ^j)]  (module doc).
     run = lambda th: jnp.sum(jax.vmap(batch.running)(th)) if batch.terms & {"l2", "l1"} else 0.0  # noqa: E731
@@ -667,7 +705,7 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     info = {
         "loss": m["loss"],
         "accuracy": m["accuracy"],
-        "grad_norm": tree_norm((grad_theta, grad_w)),
+        "grad_norm": tree_norm(grad),
         "dH": dH,
         "state_residual": jnp.sum(sums[:, 1]),
         "costate_residual": jnp.sum(sums[:, 2]),
@@ -677,17 +715,18 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     if adapt is not None:
         up, down, rho_min = adapt
         J_ref = cn.metrics(batch, c, zs)["loss"]  # J(θ^j, w^{j+1}) for Newton, else J(θ^j, w^j)
-        J_new = cn.objective_value(batch, cn.Controls(theta, w))
+        J_new = cn.objective_value(batch, cn.Controls(theta, w, lift))
         # Rounding: the same J computed twice may differ in the last bits; a tie is a success.
         # Relative to J: with (1 + |J|) float32 let rises of 1e-5 through at J = 0.01.
         tol = 64 * jnp.finfo(J_ref.dtype).eps * jnp.abs(J_ref)
         accept = jnp.isfinite(J_new) & (J_new <= J_ref + tol)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)  # noqa: E731
         theta, w, ro = keep(theta, c.theta), keep(w, c.w), keep(ro, state.readout_state)
+        lift, lo = keep(lift, c.lift), keep(lo, state.lift_state)
         rho_next = jnp.where(accept, jnp.maximum(rho * down, rho_min), jnp.minimum(rho * up, 1e12))
         rho_next = rho_next.astype(state.rho.dtype)
         info["accepted"] = accept.astype(m["loss"].dtype)
-    new = MSAState(cn.Controls(theta, w), ro, key, state.iteration + 1, rho_next)
+    new = MSAState(cn.Controls(theta, w, lift), ro, key, state.iteration + 1, rho_next, lo)
     return new, info
 
 
@@ -741,7 +780,9 @@ class ExtendedMSA:
             samples, all for ``None``), the gradient always on all. On the reference ring 100 to
             all 1,000 samples took the same number of iterations within ±5; 128 (142 samples
             there) ended lower than 256 at equal wall time on the rings and ``sin x``.
-        readout: ``"newton"`` or ``"gradient"``: how ``w`` is updated (module doc).
+        readout: ``"newton"`` or ``"gradient"``: how ``w`` is updated (module doc); ``"auto"``
+            (default) is Newton's step up to :data:`READOUT_NEWTON_MAX_PARAMS` read-out
+            parameters, else the gradient step (:func:`readout_method`).
         readout_optimizer: optax optimizer for ``readout="gradient"`` (default Adam, 1e-2).
         batch_size: minibatch size (default: full batch).
     """
@@ -754,7 +795,7 @@ class ExtendedMSA:
     inner_lr: float = 0.5
     inner_gradient: str = "closed_form"
     inner: str = "auto"
-    readout: str = "newton"
+    readout: str = "auto"
     readout_optimizer: Any = None
     batch_size: int | None = None
     hessian_samples: int | None = 128
@@ -800,7 +841,7 @@ class MSA:
     inner_lr: float = 0.05
     inner_gradient: str = "closed_form"
     inner: str = "optax"
-    readout: str = "newton"
+    readout: str = "auto"
     readout_optimizer: Any = None
     batch_size: int | None = None
     hessian_samples: int | None = 128

@@ -126,6 +126,6 @@ class ProximalGradient:
         eta, _ = jax.lax.while_loop(too_long, lambda ct: (0.5 * ct[0], ct[1] + 1), (eta0, 0))
         new = proposal(eta)
         mapping = jax.tree_util.tree_map(lambda a, b: (a - b) / eta, c, new)
-        info = {"loss": J, "accuracy": problem.loss.accuracy(cn.readout(zN, c.w), problem.y),
+        info = {"loss": J, "accuracy": problem.loss.accuracy(problem.readout(zN, c.w), problem.y),
                 "grad_norm": tree_norm(mapping), "lr": eta}
         return PGDState(new, eta, state.key), info

@@ -4,11 +4,16 @@ Per layer the residual branch is ``g_k(z) = h f(z, θ_k)`` and ``Ψ_h = id + g_k
 Behrmann et al. ("Invertible residual networks", ICML 2019) the layer is invertible when
 ``h·Lip(f(·, θ_k)) < 1``. Two estimates of ``Lip(f(·, θ))``:
 
-* :func:`lipschitz_bound`, a certified *upper* bound from the weights,
+* :func:`lipschitz_bound`, an *upper* bound from the weights,
   ``Lip(σ(Wz+b)) ≤ L_σ ‖W‖₂``, ``Lip(Wσ(z)+b) ≤ ‖W‖₂ L_σ``, ``Lip(Bσ(Az+a)) ≤ ‖B‖₂ L_σ ‖A‖₂``
-  (``L_σ`` the Lipschitz constant of the activation);
+  (``L_σ`` the Lipschitz constant of the activation); for the convolutional fields
+  ``Lip(σ(K∗z+b)) ≤ L_σ ‖K‖₂``, ``Lip(−Kᵀσ(K∗z+b)) ≤ L_σ ‖K‖₂²``,
+  ``Lip(σ((K−Kᵀ)∗z+b)) ≤ L_σ ‖K−Kᵀ‖₂``, with the operator norm on the states' spatial shape
+  estimated by power iteration (:func:`controlnet.conv_spectral_norm`; it converges to the
+  norm from below, so this bound is an estimate, not a certificate);
 * :func:`jacobian_norms`, the local constant along the data, ``max_i ‖∂_z f(z_{i,k}, θ_k)‖₂``
-  (a *lower* bound of the global one; any vector field).
+  (a *lower* bound of the global one; any vector field; by power iteration with
+  ``jvp``/``vjp`` for states with spatial axes, whose Jacobians are not formed).
 
 Forward Euler is stable for ``ż = J z`` when ``|1 + hλ| ≤ 1`` for every eigenvalue ``λ`` of
 ``J``: :func:`jacobian_eigenvalues` gives ``λ`` of ``∂_z f(z_{i,k}, θ_k)`` along the trajectories.
@@ -26,6 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ..conv import AntisymmetricConv, Conv, ParabolicConv, conv_spectral_norm, transposed_kernel
 from ..dynamics import InnerActivation, OuterActivation, TwoLayer
 from ..integrators import RK4, Euler
 from ..state import final_state, forward
@@ -48,12 +54,15 @@ def _spectral(M):
     return jnp.linalg.norm(M, ord=2, axis=(-2, -1))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def lipschitz_bound(dynamics, theta):
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def lipschitz_bound(dynamics, theta, space=None):
     """Upper bound of ``Lip(f(·, θ_k))`` per layer from the weights (module doc), shape ``(N,)``.
 
-    Only for the built-in vector fields; for others use :func:`jacobian_norms`.
+    Only for the built-in vector fields; for others use :func:`jacobian_norms`. ``space``: the
+    states' spatial shape, needed by the convolutional fields (e.g. ``problem.state_shape[1:]``).
     """
+    if isinstance(dynamics, (Conv, ParabolicConv, AntisymmetricConv)):
+        return _conv_bound(dynamics, theta, space)
     if not isinstance(dynamics, (InnerActivation, OuterActivation, TwoLayer)):
         raise ValueError(f"no weight bound for {type(dynamics).__name__}; "
                          "use jacobian_norms (the local Lipschitz constant along the data)")
@@ -65,6 +74,40 @@ def lipschitz_bound(dynamics, theta):
     if isinstance(dynamics, TwoLayer):
         return L * _spectral(theta["B"]) * _spectral(theta["A"])
     return L * _spectral(theta["W"])
+
+
+def _conv_bound(dynamics, theta, space):
+    if space is None:
+        raise ValueError("a convolutional field's bound needs the states' spatial shape: "
+                         "pass space=problem.state_shape[1:]")
+    L = ACTIVATION_LIPSCHITZ[dynamics.activation]
+    K = theta["K"]
+    if isinstance(dynamics, AntisymmetricConv):
+        K = K - jax.vmap(transposed_kernel)(K)
+    norm = jax.vmap(lambda k: conv_spectral_norm(k, space))(K)
+    return L * norm**2 if isinstance(dynamics, ParabolicConv) else L * norm
+
+
+def _power_norms(problem, theta, zs, iters=30):
+    """``‖∂_z f(z_{i,k}, θ_k)‖₂`` per layer and sample, shape ``(N, S)``, by ``iters`` power
+    iterations on ``JᵀJ`` with ``jvp`` and ``vjp`` (no Jacobian formed)."""
+    f = problem.dynamics
+
+    def one(z, th, key):
+        lin = lambda v: jax.jvp(lambda x: f(x, th), (z,), (v,))[1]  # noqa: E731
+        vjp = jax.vjp(lambda x: f(x, th), z)[1]
+        v = jax.random.normal(key, z.shape, z.dtype)
+
+        def body(_, v):
+            u = vjp(lin(v))[0]
+            return u / jnp.linalg.norm(u)
+
+        v = jax.lax.fori_loop(0, iters, body, v / jnp.linalg.norm(v))
+        return jnp.linalg.norm(lin(v))
+
+    S = zs.shape[1]
+    keys = jax.random.split(jax.random.PRNGKey(0), S)
+    return jax.vmap(lambda z, th: jax.vmap(lambda zi, k: one(zi, th, k))(z, keys))(zs[:-1], theta)
 
 
 def _jacobians(problem, theta, zs):
@@ -79,6 +122,8 @@ def _jacobians(problem, theta, zs):
 def jacobian_norms(problem, theta, zs=None):
     """``max_i ‖∂_z f(z_{i,k}, θ_k)‖₂`` per layer, shape ``(N,)`` (states recomputed if absent)."""
     zs = forward(problem, theta) if zs is None else zs
+    if zs.ndim > 3:  # states with spatial axes
+        return jnp.max(_power_norms(problem, theta, zs), axis=1)
     return jnp.max(_spectral(_jacobians(problem, theta, zs)), axis=1)
 
 
@@ -89,7 +134,7 @@ def invertibility(problem, theta, zs=None) -> dict:
     h = problem.h
     out = {"h_lip_local": h * jacobian_norms(problem, theta, zs)}
     try:
-        bound = h * lipschitz_bound(problem.dynamics, theta)
+        bound = h * lipschitz_bound(problem.dynamics, theta, problem.state_shape[1:] or None)
     except ValueError:
         return out
     out["h_lip_bound"] = bound

@@ -57,8 +57,10 @@ def control_norms(theta):
 
 @jax.jit
 def flow_speed(zs, h):
-    """``v_k = ((1/S) Σ_i ‖z_{i,k+1} − z_{i,k}‖²)^{1/2} / h``, shape ``(N,)``, from ``zs (N+1, S, d)``."""
+    """``v_k = ((1/S) Σ_i ‖z_{i,k+1} − z_{i,k}‖²)^{1/2} / h``, shape ``(N,)``, from ``zs (N+1, S, *shape)``
+    (``‖·‖`` over all of a sample's state: features, or channels × space)."""
     dz = zs[1:] - zs[:-1]
+    dz = dz.reshape(dz.shape[:2] + (-1,))
     return jnp.sqrt(jnp.mean(jnp.sum(dz**2, axis=-1), axis=-1)) / h
 
 
@@ -75,7 +77,7 @@ def turnpike_profile(problem, controls, zs=None) -> dict:
     Returns ``t`` (interval midpoints ``(k + ½) h``, shape ``(N,)``), ``theta_norm``, ``speed``,
     ``t_nodes`` (``k h``, shape ``(N+1,)``) and ``risk``.
     """
-    zs = forward(problem, controls.theta) if zs is None else zs
+    zs = forward(problem, controls.theta, problem.z0(controls.lift)) if zs is None else zs
     h = problem.h
     k = jnp.arange(problem.N)
     return {

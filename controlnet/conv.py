@@ -1,0 +1,158 @@
+"""Convolutional vector fields on channel × space states: signals ``(C, L)``, images ``(C, H, W)``.
+
+A batch of states is ``z (S, C, *space)`` (samples first, then channels, then ``ndim`` spatial
+axes), and the scans carry it in that same layout (:attr:`sample_axis` ``= 0``): XLA's
+convolutions take batch-first, channel-second arrays as they are. ``K ∗ z`` is the
+cross-correlation with "same" zero padding and stride 1 (``jax.lax.conv_general_dilated``),
+with kernel ``K (C_out, C_in, k, …)``; the kernel size ``k`` is odd so the padding is symmetric.
+Then the adjoint operator ``Kᵀ`` (``⟨K ∗ u, v⟩ = ⟨u, Kᵀ ∗ v⟩``) is the correlation with the kernel
+flipped in space and its two channel axes swapped (:func:`conv_transpose`).
+
+The fields:
+
+* :class:`Conv`: ``f(z, θ) = σ(K ∗ z + b)``, the convolutional ResNet block;
+* :class:`ParabolicConv`: ``f(z, θ) = −Kᵀ σ(K ∗ z + b)`` (Haber & Ruthotto, "Stable
+  architectures for deep neural networks", 2017): for a non-decreasing ``σ`` its Jacobian
+  ``−Kᵀ diag(σ') K`` is symmetric negative semi-definite, so the flow is non-expansive and
+  forward Euler is stable for ``h ‖K‖₂² max σ' ≤ 2``;
+* :class:`AntisymmetricConv`: ``f(z, θ) = σ((K − Kᵀ) ∗ z + b)``: the operator ``K − Kᵀ`` is
+  antisymmetric (purely imaginary spectrum), the convolutional form of Haber & Ruthotto's
+  antisymmetric networks.
+
+:func:`conv_spectral_norm` estimates ``‖K‖₂`` of the convolution as an operator on a given
+spatial shape by power iteration on ``KᵀK`` (the stability diagnostics use it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from .activations import activation
+from .dynamics import DYNAMICS, VectorField
+
+__all__ = ["Conv", "ParabolicConv", "AntisymmetricConv", "conv", "conv_transpose",
+           "conv_spectral_norm", "CONV_DYNAMICS"]
+
+_SPECS = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW")}
+
+
+def _check_kernel_ndim(kernel, ndim):
+    if ndim not in _SPECS:
+        raise ValueError(f"ndim (spatial dimensions) must be 1 (signals) or 2 (images), got {ndim!r}")
+    if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"kernel size must be an odd positive integer (same padding is then "
+                         f"symmetric), got {kernel!r}")
+
+
+def conv(z, K):
+    """``K ∗ z``: cross-correlation with same zero padding, stride 1.
+
+    ``z (..., C_in, *space)`` with any leading axes, ``K (C_out, C_in, *window)``; the number of
+    spatial axes is ``K.ndim − 2``. Returns ``(..., C_out, *space)``.
+    """
+    ndim = K.ndim - 2
+    lead, tail = z.shape[: z.ndim - ndim - 1], z.shape[z.ndim - ndim - 1:]
+    zb = z.reshape((-1,) + tail)
+    out = jax.lax.conv_general_dilated(zb, K, (1,) * ndim, "SAME", dimension_numbers=_SPECS[ndim])
+    return out.reshape(lead + out.shape[1:])
+
+
+def transposed_kernel(K):
+    """The kernel of ``Kᵀ``: flipped in space, channel axes swapped (odd window, same padding)."""
+    return jnp.flip(K, axis=tuple(range(2, K.ndim))).swapaxes(0, 1)
+
+
+def conv_transpose(v, K):
+    """``Kᵀ ∗ v``, the adjoint of :func:`conv` (``⟨K ∗ u, v⟩ = ⟨u, Kᵀ ∗ v⟩``), ``(..., C_in, *space)``."""
+    return conv(v, transposed_kernel(K))
+
+
+def _bias(b, ndim):
+    return b.reshape(b.shape + (1,) * ndim)
+
+
+def _init_kernel(key, C, kernel, ndim, scale):
+    kK, kb = jax.random.split(key)
+    fan_in = C * kernel**ndim
+    return {"K": scale / fan_in**0.5 * jax.random.normal(kK, (C, C) + (kernel,) * ndim),
+            "b": 0.1 * scale * jax.random.normal(kb, (C,))}
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvField(VectorField):
+    """Shared structure of the convolutional fields: kernel size, activation, spatial dims."""
+
+    kernel: int = 3
+    activation: str = "tanh"
+    ndim: int = 1
+    sample_axis: ClassVar[int] = 0
+
+    def __post_init__(self):
+        activation(self.activation)  # raises for an unknown name
+        _check_kernel_ndim(self.kernel, self.ndim)
+
+    def feature_major(self, zT, theta):
+        # The scans carry conv states in their own layout (module doc): nothing to transpose.
+        return self(zT, theta)
+
+    def init(self, key, d, scale=1.0):
+        """``K (d, d, k, …)`` with standard deviation ``scale/√(d kⁿ)``; ``d`` is the channel count."""
+        return _init_kernel(key, d, self.kernel, self.ndim, scale)
+
+    def check_state(self, shape) -> None:
+        """Raise unless ``shape`` (one sample's state) is ``(C, *space)`` with ``ndim`` spatial axes."""
+        if len(shape) != 1 + self.ndim:
+            kind = "(channels, length)" if self.ndim == 1 else "(channels, height, width)"
+            raise ValueError(f"{type(self).__name__}(ndim={self.ndim}) acts on states {kind}, got a state "
+                             f"of shape {tuple(shape)}; pass x of shape (samples, channels, "
+                             f"{'length' if self.ndim == 1 else 'height, width'}) or set ndim={len(shape) - 1}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv(_ConvField):
+    """``f(z, θ) = σ(K ∗ z + b)``, ``θ = (K ∈ R^{C×C×k^n}, b ∈ R^C)`` (module doc)."""
+
+    def __call__(self, z, theta):
+        return activation(self.activation)(conv(z, theta["K"]) + _bias(theta["b"], self.ndim))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParabolicConv(_ConvField):
+    """``f(z, θ) = −Kᵀ σ(K ∗ z + b)`` (Haber & Ruthotto; module doc)."""
+
+    def __call__(self, z, theta):
+        K = theta["K"]
+        return -conv_transpose(activation(self.activation)(conv(z, K) + _bias(theta["b"], self.ndim)), K)
+
+
+@dataclasses.dataclass(frozen=True)
+class AntisymmetricConv(_ConvField):
+    """``f(z, θ) = σ((K − Kᵀ) ∗ z + b)`` (module doc)."""
+
+    def __call__(self, z, theta):
+        K = theta["K"]
+        return activation(self.activation)(conv(z, K - transposed_kernel(K)) + _bias(theta["b"], self.ndim))
+
+
+def conv_spectral_norm(K, space, iters: int = 50, key=None):
+    """``‖K‖₂`` of ``u ↦ K ∗ u`` on states ``(C_in, *space)``, by ``iters`` power iterations on
+    ``KᵀK`` from a random start: ``σ ≈ ‖K v‖`` for the normalized iterate ``v`` (a lower bound
+    that converges to ``‖K‖₂``). ``K (C_out, C_in, *window)``; vmap it for a stack of layers."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    v = jax.random.normal(key, (K.shape[1],) + tuple(space), K.dtype)
+
+    def body(_, v):
+        u = conv_transpose(conv(v, K), K)
+        return u / jnp.linalg.norm(u)
+
+    v = jax.lax.fori_loop(0, iters, body, v / jnp.linalg.norm(v))
+    return jnp.linalg.norm(conv(v, K))
+
+
+#: Names used by the problems and the command line (also registered in ``DYNAMICS``).
+CONV_DYNAMICS = {"conv": Conv, "parabolic": ParabolicConv, "antisymmetric_conv": AntisymmetricConv}
+DYNAMICS.update(CONV_DYNAMICS)

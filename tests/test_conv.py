@@ -1,0 +1,182 @@
+"""Convolutional fields on channel × space states: the adjoint identities in float64, the
+operators' algebra, the learned lift and pooled read-out, shape errors, E-MSA and diagnostics on
+conv states, and a small MNIST-1D run well above chance."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import controlnet as cn
+import solvers
+from controlnet.conv import conv, conv_transpose, transposed_kernel
+from controlnet.diagnostics import stability, turnpike
+
+FIELDS = (cn.Conv, cn.ParabolicConv, cn.AntisymmetricConv)
+
+
+def _leaves_close(a, b, rtol, atol):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def _problem(field=cn.Conv, ndim=1, lift=None, pooling="mean", **kw):
+    rng = np.random.default_rng(0)
+    space = (7,) if ndim == 1 else (4, 5)
+    x = rng.normal(size=(5, 2) + space)
+    y = rng.integers(0, 3, 5)
+    opts = dict(T=1.0, l2=1e-2, tracking=0.1, smoothness=0.05)
+    opts.update(kw)
+    return cn.ControlProblem(dynamics=field(kernel=3, ndim=ndim), integrator=cn.Euler(), N=3, width=3,
+                             loss=cn.SoftmaxCrossEntropy(3), x=x, y=y, lift=lift, pooling=pooling, **opts)
+
+
+CASES = [(f, 1, None, "mean") for f in FIELDS] + [
+    (cn.Conv, 1, cn.ConvLift(3), "flatten"),
+    (cn.ParabolicConv, 2, cn.ConvLift(1), "mean"),
+    (cn.Conv, 2, None, "flatten"),
+]
+
+
+@pytest.mark.parametrize("field, ndim, lift, pooling", CASES)
+def test_adjoint_equals_autodiff_and_finite_differences(field, ndim, lift, pooling):
+    p = _problem(field, ndim, lift, pooling)
+    c = p.init_controls(jax.random.PRNGKey(1))
+    J, g, zs, ps = cn.gradient(p, c)
+    assert zs.shape == (4, 5) + p.state_shape and ps.shape == zs.shape
+    g_auto = jax.grad(lambda c: cn.objective(p, c)[0])(c)
+    _leaves_close(g, g_auto, 1e-10, 1e-12)
+    J2, g2, _ = cn.value_and_gradient(p, c, block=1)
+    assert abs(float(J2 - J)) < 1e-12
+    _leaves_close(g2, g_auto, 1e-10, 1e-12)
+    # Central differences along a random direction of every control at once.
+    flat, unravel = jax.flatten_util.ravel_pytree(c)
+    v = jax.random.normal(jax.random.PRNGKey(2), flat.shape)
+    f = lambda u: cn.objective_value(p, unravel(u))  # noqa: E731
+    eps = 1e-6
+    fd = (f(flat + eps * v) - f(flat - eps * v)) / (2 * eps)
+    assert abs(float(fd - jnp.dot(jax.flatten_util.ravel_pytree(g)[0], v))) < 1e-7 * (1 + abs(float(fd)))
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_hamiltonian_identity_on_conv_states(field):
+    """``∇_{θ_k} J = −∇_θ H_k(z_k, p_{k+1}, θ_k)`` (no coupling terms here)."""
+    p = _problem(field, smoothness=0.0)
+    c = p.init_controls(jax.random.PRNGKey(3))
+    _, g, zs, ps = cn.gradient(p, c)
+    for k in range(p.N):
+        th = jax.tree_util.tree_map(lambda a: a[k], c.theta)
+        gH = cn.grad_theta(p, zs[k], ps[k + 1], th, c.w)
+        _leaves_close(jax.tree_util.tree_map(lambda a: a[k], g.theta), jax.tree_util.tree_map(jnp.negative, gH),
+                      1e-10, 1e-12)
+
+
+def test_conv_transpose_is_the_adjoint_and_fields_have_their_structure():
+    rng = np.random.default_rng(4)
+    for space, window in (((11,), (5,)), ((6, 7), (3, 3))):
+        K = jnp.asarray(rng.normal(size=(4, 3) + window))
+        u = jnp.asarray(rng.normal(size=(2, 3) + space))
+        v = jnp.asarray(rng.normal(size=(2, 4) + space))
+        assert abs(float(jnp.sum(conv(u, K) * v) - jnp.sum(u * conv_transpose(v, K)))) < 1e-11
+    # Parabolic: the Jacobian −Kᵀdiag(σ')K is symmetric negative semi-definite.
+    p = _problem(cn.ParabolicConv)
+    th = jax.tree_util.tree_map(lambda a: a[0], p.init_controls(jax.random.PRNGKey(5)).theta)
+    z = p.z0()[0]
+    J = jax.jacfwd(lambda z: p.dynamics(z, th))(z).reshape(z.size, z.size)
+    np.testing.assert_allclose(J, J.T, atol=1e-12)
+    assert np.max(np.linalg.eigvalsh(np.asarray(J))) < 1e-12
+    # Antisymmetric: the operator K − Kᵀ is antisymmetric (the field's Jacobian at σ = identity).
+    K = th["K"] - transposed_kernel(th["K"])
+    M = jax.jacfwd(lambda z: conv(z, K))(z).reshape(z.size, z.size)
+    np.testing.assert_allclose(M, -M.T, atol=1e-12)
+
+
+def test_spectral_norm_and_stability_diagnostics():
+    p = _problem(cn.Conv, tracking=0.0, smoothness=0.0)
+    c = p.init_controls(jax.random.PRNGKey(6))
+    K = c.theta["K"][0]
+    M = jax.jacfwd(lambda z: conv(z, K))(jnp.zeros(p.state_shape)).reshape(21, 21)
+    exact = np.linalg.norm(np.asarray(M), 2)
+    assert abs(float(cn.conv_spectral_norm(K, (7,), iters=200)) - exact) < 1e-6 * exact
+    zs = cn.forward(p, c.theta)
+    local = stability.jacobian_norms(p, c.theta, zs)
+    bound = stability.lipschitz_bound(p.dynamics, c.theta, (7,))
+    # The local constant along the data never exceeds the weight bound (power iteration converged).
+    assert local.shape == (p.N,) and np.all(np.asarray(local) <= np.asarray(bound) * (1 + 1e-6))
+    inv = stability.invertibility(p, c.theta, zs)
+    assert set(inv) == {"h_lip_local", "h_lip_bound", "invertible"}
+    prof = turnpike.turnpike_profile(p, c, zs)
+    assert prof["speed"].shape == (p.N,) and prof["risk"].shape == (p.N + 1,)
+
+
+def test_lift_and_readout_shapes():
+    p = _problem(cn.Conv, 1, cn.ConvLift(3), "flatten")
+    c = p.init_controls(jax.random.PRNGKey(7))
+    assert c.lift["K"].shape == (3, 2, 3) and c.w["A"].shape == (3, 3 * 7)
+    with pytest.raises(ValueError, match="learned"):
+        p.z0()
+    assert "lift_l2" in p.terms and "lift_l2" not in _problem().terms
+    m = _problem(cn.Conv).init_controls(jax.random.PRNGKey(7))
+    assert m.lift is None and m.w["A"].shape == (3, 3)
+
+
+def test_bad_shapes_raise_before_any_compile():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(4, 2, 9))
+    y = np.zeros(4, np.int64)
+    common = dict(integrator=cn.Euler(), N=2, loss=cn.SoftmaxCrossEntropy(2), y=y)
+    with pytest.raises(ValueError, match=r"ndim=2"):  # signals given to an image field
+        cn.ControlProblem(dynamics=cn.Conv(ndim=2), width=3, x=x, **common)
+    with pytest.raises(ValueError, match="flatten x"):  # a dense field on signals
+        cn.ControlProblem(dynamics=cn.InnerActivation(), width=3, x=x, **common)
+    with pytest.raises(ValueError, match="input channels 2"):  # zero padding cannot shrink channels
+        cn.ControlProblem(dynamics=cn.Conv(), width=1, x=x, **common)
+    with pytest.raises(ValueError, match="odd"):
+        cn.Conv(kernel=4)
+    with pytest.raises(ValueError, match="pooling"):
+        cn.ControlProblem(dynamics=cn.Conv(), width=3, x=x, pooling="max", **common)
+
+
+def test_emsa_on_a_conv_field_needs_no_solver_change():
+    """E-MSA through autodiff of the augmented Hamiltonian, with a learned lift and minibatches:
+    every accepted iteration lowers the minibatch J, and 20 iterations lower the full J."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(64, 1, 10))
+    y = (x[:, 0, :5].sum(1) > 0).astype(np.int64)
+    p = cn.ControlProblem(dynamics=cn.Conv(kernel=3), integrator=cn.Euler(), N=3, width=4,
+                          loss=cn.SoftmaxCrossEntropy(2), x=x, y=y, T=1.0, l2=1e-3, lift=cn.ConvLift(3))
+    c = p.init_controls(jax.random.PRNGKey(10))
+    r = solvers.solve(solvers.ExtendedMSA(batch_size=32), p, c, max_iters=20, progress=False)
+    assert solvers.msa.inner_method(solvers.ExtendedMSA(), p) == "optax"
+    assert float(cn.objective_value(p, r.controls)) < 0.9 * float(cn.objective_value(p, c))
+    assert not np.allclose(np.asarray(r.controls.lift["K"]), np.asarray(c.lift["K"]))
+
+
+def test_feature_map_picture():
+    from controlnet import plotting
+
+    p = _problem(cn.Conv)
+    zs = cn.forward(p, p.init_controls(jax.random.PRNGKey(11)).theta)
+    fig = plotting.plot_feature_maps(zs, T=1.0)
+    assert len(fig.axes) >= 3
+    with pytest.raises(ValueError, match="feature maps"):
+        plotting.plot_feature_maps(zs[:, :, 0])
+
+
+def test_mnist1d_subset_trains_well_above_chance():
+    """1,000 MNIST-1D signals, a small conv ResNet, 150 Adam steps: test accuracy well above
+    the 10 % of chance (the full runs are in the slow suite)."""
+    import problems
+
+    task = problems.make("mnist1d", samples=1000, test_samples=500, width=8, layers=3)
+    p = task.problem
+    assert p.x.shape == (1000, 1, 40) and p.state_shape == (8, 40)
+    r = solvers.solve(solvers.GradientDescent(optax.adam(1e-2), batch_size=128), p,
+                      p.init_controls(jax.random.PRNGKey(0)), max_iters=150, progress=False)
+    ev = solvers.evaluate(p, r.controls, task.test)
+    assert ev["test_accuracy"] > 0.35, ev
