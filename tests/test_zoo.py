@@ -113,17 +113,24 @@ EXPECTED = {
     "noisy_ring": (2, cn.Logistic), "two_moons": (2, cn.Logistic),
     "square": (1, cn.SquaredError), "sine": (1, cn.SquaredError),
     "digits": (64, cn.SoftmaxCrossEntropy),
+    "mnist1d": ((1, 40), cn.SoftmaxCrossEntropy), "digits_image": ((1, 8, 8), cn.SoftmaxCrossEntropy),
 }
+CLASSES = {"digits": 10, "mnist1d": 10, "digits_image": 10}
+
+
+def _input_shape(x):
+    return x.shape[1] if x.ndim == 2 else tuple(x.shape[1:])
 
 
 @pytest.mark.parametrize("name", problems.PROBLEMS)
 def test_make_builds_every_problem(name):
     d_in, loss = EXPECTED[name]
-    task = problems.make(name, samples=30 if name != "digits" else 100, test_samples=20)
+    task = problems.make(name, samples=30 if name not in CLASSES else 100, test_samples=20)
     p = task.problem
-    assert p.x.shape[1] == d_in and isinstance(p.loss, loss)
-    assert p.width == problems.DEFAULTS[name]["width"] and task.test[0].shape == (20, d_in)
-    assert p.loss.n_out == (10 if name == "digits" else 1)
+    assert _input_shape(p.x) == d_in and isinstance(p.loss, loss)
+    assert p.width == problems.DEFAULTS[name]["width"]
+    assert _input_shape(task.test[0]) == d_in and task.test[0].shape[0] == 20
+    assert p.loss.n_out == CLASSES.get(name, 1)
 
 
 def test_make_overrides_and_structured_dynamics():
@@ -146,7 +153,7 @@ def test_cli_builds_every_problem(name, tmp_path):
     args = cli.build_parser().parse_args(["train", "--problem", name, "--out", str(tmp_path)])
     task = cli._task_from_args(args)
     d = {"samples": 500, **problems.DEFAULTS[name]}
-    assert task.problem.S == d["samples"] and task.problem.x.shape[1] == EXPECTED[name][0]
+    assert task.problem.S == d["samples"] and _input_shape(task.problem.x) == EXPECTED[name][0]
 
 
 # -- representability: x ↦ x² -------------------------------------------------------------------
