@@ -102,11 +102,8 @@ def _train_parser(sub):
                                    "a loss curve and a picture of the data flowing through the layers.")
     _add_problem_options(p)
     p.add_argument("--solver", default="gd", help="solver name (default: gd)")
-    p.add_argument("--iters", type=_positive_int, default=500, help="iteration budget (default: 500)")
+    _add_training_options(p)
     p.add_argument("--seconds", type=_positive_float, help="wall-time budget in seconds")
-    p.add_argument("--lr", type=_positive_float, default=1e-2,
-                   help="learning rate of gd's Adam, or pgd's first step (default: 0.01)")
-    p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
     _add_msa_options(p)
     p.add_argument("--out", type=Path, help="output directory (default: the --resume directory)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
@@ -119,14 +116,46 @@ def _train_parser(sub):
     p.set_defaults(handler=_train)
 
 
+def _batch_size(s):
+    if s == "full":
+        return "full"
+    return _positive_int(s)
+
+
+def _add_training_options(p, each=""):
+    """``--iters``, ``--lr``, ``--schedule``, ``--batch-size``: unset ones take the problem's
+    :data:`problems.TRAINING` (filled in by :func:`_fill_training_defaults`)."""
+    p.add_argument("--iters", type=_positive_int, help=f"iteration budget{each} (default: the problem's; 500 for the toys, 1500 for the conv nets)")
+    p.add_argument("--lr", type=_positive_float,
+                   help="learning rate of gd's Adam, or pgd's first step (default: the problem's; 0.01 for the toys)")
+    p.add_argument("--schedule", choices=("constant", "cosine"),
+                   help="gd's learning rate: constant, or cosine-decayed to 0 over --iters (default: the problem's)")
+    p.add_argument("--batch-size", type=_batch_size,
+                   help="minibatch size, or 'full' (default: the problem's; the full batch for the toys, 128 for the conv nets)")
+
+
+def _fill_training_defaults(args):
+    """Unset training options take the problem's defaults; ``--batch-size full`` is ``None``."""
+    import problems
+
+    for k, v in problems.training_defaults(args.problem).items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.batch_size == "full":
+        args.batch_size = None
+    return args
+
+
 def _solver_from_args(args):
     import optax
 
     import solvers
 
+    _fill_training_defaults(args)  # idempotent: the handlers have usually filled them already
     opts = {}
     if args.solver == "gd":
-        opts = dict(optimizer=optax.adam(args.lr), batch_size=args.batch_size)
+        lr = optax.cosine_decay_schedule(args.lr, args.iters) if args.schedule == "cosine" else args.lr
+        opts = dict(optimizer=optax.adam(lr), batch_size=args.batch_size)
     if args.solver == "pgd":  # --lr is the first step, which backtracking then adapts
         opts = dict(lr=args.lr)
     if args.solver in ("msa", "emsa", "discrete"):
@@ -193,6 +222,7 @@ def _train(args):
                          "of the run to continue")
     out = args.out if args.out is not None else args.resume
     _check_out(out)
+    _fill_training_defaults(args)
     solver = _solver_from_args(args)
     # A solver with run() (direct: one IPOPT solve) has no iterations to checkpoint.
     one_solve = callable(getattr(solver, "run", None))
@@ -239,10 +269,14 @@ def _save_pictures(out: Path, task, result):
     import controlnet as cn
     from controlnet import plotting
 
-    problem = task.problem
-    zs = jax.jit(cn.forward)(problem, result.controls.theta)
-    fig = plotting.plot_flow(zs, problem.y, T=float(problem.T),
-                             title=f"{task.name}: data through the layers ({result.info['solver']})")
+    problem, controls = task.problem, result.controls
+    zs = jax.jit(lambda p, c: cn.forward(p, c.theta, p.z0(c.lift)))(problem, controls)
+    if zs.ndim > 3:  # channels × space: one sample's feature maps through the layers
+        fig = plotting.plot_feature_maps(zs, T=float(problem.T),
+                                         title=f"{task.name}: feature maps of sample 0 ({result.info['solver']})")
+    else:
+        fig = plotting.plot_flow(zs, problem.y, T=float(problem.T),
+                                 title=f"{task.name}: data through the layers ({result.info['solver']})")
     _save_fig(fig, out / "flow.png")
     if len(result.history.get("loss", ())):
         fig = plotting.plot_history({result.info["solver"]: result.history})
@@ -420,12 +454,10 @@ def _compare_parser(sub):
     _add_problem_options(p)
     p.add_argument("--solvers", default="gd,emsa",
                    help="comma-separated solver names from the registry (default: gd,emsa)")
-    p.add_argument("--iters", type=_positive_int, default=300, help="iteration budget of each solver (default: 300)")
+    _add_training_options(p, each=" of each solver")
     p.add_argument("--seconds", type=_positive_float, help="wall-time budget of each solver in seconds")
     p.add_argument("--target-loss", type=_positive_float,
                    help="loss level for the time-to-target column (default: a tenth of the initial loss)")
-    p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate of gd's Adam (default: 0.01)")
-    p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
     _add_msa_options(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(handler=_compare)
@@ -438,6 +470,7 @@ def _compare(args):
     from solvers import compare
 
     _check_out(args.out)
+    _fill_training_defaults(args)
     names = [n.strip() for n in args.solvers.split(",") if n.strip()]
     unknown = [n for n in names if n not in solvers.SOLVERS]
     if not names or unknown:

@@ -20,7 +20,7 @@ import controlnet as cn
 
 from . import datasets
 
-__all__ = ["Task", "make", "PROBLEMS", "DEFAULTS", "LOSSES", "LIFTS"]
+__all__ = ["Task", "make", "PROBLEMS", "DEFAULTS", "TRAINING", "training_defaults", "LOSSES", "LIFTS"]
 
 
 class Task(NamedTuple):
@@ -58,6 +58,24 @@ DEFAULTS = {
                          lift="conv", lift_kernel=3, hidden=16, l2=1e-4),
 }
 PROBLEMS = tuple(DEFAULTS)
+
+#: How to train each problem by default (``controlnet train`` takes these): iterations, Adam's
+#: learning rate, its schedule (``constant`` or ``cosine``: decayed to 0 over the iterations) and
+#: the minibatch size (``None``: the full batch). The conv nets train on minibatches of 128:
+#: 1,500 steps are 48 epochs of MNIST-1D.
+TRAINING = {
+    "mnist1d": dict(iters=1500, lr=5e-3, schedule="cosine", batch_size=128),
+    "digits_image": dict(iters=1500, lr=5e-3, schedule="cosine", batch_size=128),
+}
+_TRAINING = dict(iters=500, lr=1e-2, schedule="constant", batch_size=None)
+
+
+def training_defaults(name: str) -> dict:
+    """The training settings of problem ``name``: :data:`TRAINING`'s, else the toys' (500 full-batch
+    Adam steps at a constant rate 1e-2)."""
+    if name not in DEFAULTS:
+        raise ValueError(f"unknown problem {name!r}; choose one of {sorted(DEFAULTS)}")
+    return {**_TRAINING, **TRAINING.get(name, {})}
 
 #: The per-sample loss of each problem.
 LOSSES = {

@@ -180,3 +180,25 @@ def test_mnist1d_subset_trains_well_above_chance():
                       p.init_controls(jax.random.PRNGKey(0)), max_iters=150, progress=False)
     ev = solvers.evaluate(p, r.controls, task.test)
     assert ev["test_accuracy"] > 0.35, ev
+
+
+def test_cli_trains_a_conv_problem_with_its_defaults(tmp_path):
+    import json
+
+    from controlnet import cli
+
+    parser = cli.build_parser()
+    args = cli._fill_training_defaults(parser.parse_args(["train", "--problem", "mnist1d", "--out", "u"]))
+    assert (args.iters, args.lr, args.schedule, args.batch_size) == (1500, 5e-3, "cosine", 128)
+    full = cli._fill_training_defaults(parser.parse_args(["train", "--problem", "mnist1d", "--batch-size", "full",
+                                                          "--out", "u"]))
+    assert full.batch_size is None
+    toy = cli._fill_training_defaults(parser.parse_args(["train", "--out", "u"]))
+    assert (toy.iters, toy.lr, toy.schedule, toy.batch_size) == (500, 1e-2, "constant", None)
+    out = tmp_path / "run"
+    argv = ["train", "--problem", "mnist1d", "--samples", "64", "--width", "4", "--layers", "2",
+            "--iters", "4", "--batch-size", "16", "--quiet", "--out", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["iterations"] == 4 and result["problem"]["state_shape"] == [4, 40]
+    assert (out / "flow.png").stat().st_size > 10_000  # the feature maps of the spatial states
