@@ -41,6 +41,7 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.peers
 	$(BENCH_VENV)/bin/python -m benchmarks.scaling
+	$(BENCH_VENV)/bin/python -m benchmarks.conv_peers
 
 # E-MSA's inner steps against wall time (four problems, five seeds; about six minutes).
 bench-inner: $(BENCH_STAMP)

@@ -25,7 +25,8 @@ that scan is rematerialized (``jax.checkpoint``): the forward pass keeps only th
 twice is cheaper than writing and reading its residuals (for ``σ(Wz + b)`` both ``σ`` and
 ``σ'``, two more ``(d, S)`` arrays per layer): 0.94× the time of a gradient step on the
 reference problem, 0.70× with RK4, 0.82× for a two-layer field, 0.85-0.91× at widths 8-32
-(measured; docs/architecture.md). ``∇R`` is evaluated for all layers at once, outside the scans.
+(measured; docs/architecture.md). A field whose evaluation dominates (a convolution) sets
+``VectorField.rematerialize = False`` and keeps its residuals instead. ``∇R`` is evaluated for all layers at once, outside the scans.
 
 Like the forward pass (:mod:`controlnet.state`), the scans carry states and co-states in the
 vector field's layout (feature-major ``(d, S)`` for dense fields); the public arrays are
@@ -91,10 +92,13 @@ def _flow_vjp(problem, theta, w, z0T):
     ``p_k = J_zΨ_kᵀ p_{k+1} − h∇_z L(z_k, w)`` (the equations :func:`backward` runs layer by
     layer), each layer re-linearized from the state ``z_k`` the forward pass kept (module doc).
     """
+    # Module doc: each layer re-linearized from z_k in the backward pass, unless the field keeps
+    # its residuals (VectorField.rematerialize).
+    remat = jax.checkpoint if problem.dynamics.rematerialize else (lambda f: f)
     if _tracking(problem):
 
         def flow(z0, th, w):
-            @jax.checkpoint  # module doc: re-linearized from z_k in the backward pass
+            @remat
             def layer(z, t):
                 return step_fm(problem, z, t), problem.tracking_cost(from_scan(problem, z), w)
 
@@ -105,7 +109,7 @@ def _flow_vjp(problem, theta, w, z0T):
         return z_n, track, lambda p: vjp((p, -problem.h))
 
     def flow(z0, th):
-        layer = jax.checkpoint(lambda z, t: (step_fm(problem, z, t), None))  # as above
+        layer = remat(lambda z, t: (step_fm(problem, z, t), None))
         return jax.lax.scan(layer, z0, th)[0]
 
     z_n, vjp = jax.vjp(flow, z0T, theta)

@@ -90,6 +90,9 @@ class _ConvField(VectorField):
     activation: str = "tanh"
     ndim: int = 1
     sample_axis: ClassVar[int] = 0
+    # Recomputing a layer's convolution in the backward pass costs a third of the gradient's
+    # convolutions; its residuals (one state-sized array per layer) are cheap to keep.
+    rematerialize: ClassVar[bool] = False
 
     def __post_init__(self):
         activation(self.activation)  # raises for an unknown name

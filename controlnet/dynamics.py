@@ -32,9 +32,15 @@ class VectorField(abc.ABC):
     ``sample_axis``: where the scans keep the samples. Dense fields are carried feature-major,
     ``(d, S)`` (samples last, ``-1``); fields on structured states (:mod:`controlnet.conv`)
     keep their own layout, samples first (``0``).
+
+    ``rematerialize``: whether the adjoint's backward pass re-evaluates each layer from its
+    state (``True``: the forward pass keeps only the states; right where evaluating the field
+    is cheap next to storing its residuals, as for dense fields) or keeps the forward pass's
+    residuals (``False``: where the field's evaluation dominates, as a convolution does).
     """
 
     sample_axis: ClassVar[int] = -1
+    rematerialize: ClassVar[bool] = True
 
     @abc.abstractmethod
     def __call__(self, z, theta):
