@@ -121,6 +121,9 @@ class MSAState(NamedTuple):
     iteration: jax.Array
     rho: jax.Array
     lift_state: Any = ()
+    #: The inner steps' per-layer scales ``η_k`` where the last iteration left them
+    #: (:func:`maximize_hamiltonians`); ``()``: start every iteration from 1.
+    eta: Any = ()
 
 
 class LayerData(NamedTuple):
@@ -487,31 +490,38 @@ def subsample(data: LayerData, key, n, axis: int = -1) -> LayerData:
     return LayerData(*(pick(x) for x in data[:4]), data.theta)
 
 
-def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, method="closed_form", start=None):
+def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, method="closed_form", start=None,
+                          eta=None):
     """``θ^{j+1}``: ``steps`` safeguarded steps of ``optimizer`` ascending ``H̃_k − C_k`` from ``θ^j``.
 
     The sum over layers is separable (neighbours frozen in ``C_k``), so its gradient holds every
     layer's own gradient and an elementwise optimizer (SGD, Adam, ...) moves every layer on its
-    own, all at once. Each step ``u`` of the optimizer is scaled per layer by ``η_k`` (start 1):
-    a layer takes ``θ_k + η_k u_k`` only if its objective does not decrease; otherwise it stays
-    and ``η_k`` halves (after a success ``η_k`` grows by 1.5, up to 1). So every layer's
-    ``H̃_k − C_k`` is non-decreasing along the inner iterations, whatever the optimizer.
+    own, all at once. Each step ``u`` of the optimizer is scaled per layer by ``η_k`` (``eta``,
+    ``(N,)``; default 1): a layer takes ``θ_k + η_k u_k`` only if its objective does not
+    decrease; otherwise it stays and ``η_k`` halves (after a success ``η_k`` grows by 1.5, up
+    to 1). So every layer's ``H̃_k − C_k`` is non-decreasing along the inner iterations, whatever
+    the optimizer. The extended MSA carries ``η`` from one outer iteration to the next, a trust
+    region radius per layer: with one inner step per iteration, a step that is too long for
+    the field's curvature (the default step ``inner_lr / (ρ h²)`` assumes an ``O(1)`` data
+    moment; a convolution's sums over positions and channels make it far larger) is then
+    shortened over the iterations instead of rejected at every one.
 
     ``start``: the gradient at ``θ^j`` if known; it is ``∇_θ H_k − ∇_{θ_k} C = −∇_{θ_k} J``
     (the penalties are stationary there), which the backward pass has already computed.
     """
-    return _maximize(problem, data, rho, optimizer, steps, method, start)[0]
+    return _maximize(problem, data, rho, optimizer, steps, method, start, eta)[0]
 
 
-def _maximize(problem, data, rho, optimizer, steps, method, start):
-    """:func:`maximize_hamiltonians` and the :func:`_residual_sums` at the ``θ`` it returns."""
+def _maximize(problem, data, rho, optimizer, steps, method, start, eta=None):
+    """:func:`maximize_hamiltonians`, the :func:`_residual_sums` at the ``θ`` it returns, and the
+    step scales ``η`` it ends with."""
     vg = lambda th: _value_grad_sums(problem, data, th, rho, method)  # noqa: E731
     if start is None:
         v0, g0, sums0 = vg(data.theta)
     else:  # both residuals vanish at θ^j: only the parameter terms remain
         v0, g0 = _params_part(problem, data, data.theta), start
         sums0 = jnp.zeros(v0.shape + (3,), v0.dtype)
-    eta0 = jnp.ones_like(v0)
+    eta0 = jnp.ones_like(v0) if eta is None else jnp.asarray(eta, v0.dtype)
 
     def scale(u, eta):
         return jax.tree_util.tree_map(lambda x: x * eta.reshape((-1,) + (1,) * (x.ndim - 1)), u)
@@ -535,8 +545,8 @@ def _maximize(problem, data, rho, optimizer, steps, method, start):
 
     carry = (data.theta, v0, g0, sums0, eta0, optimizer.init(data.theta))
     carry = jax.lax.fori_loop(0, steps - 1, lambda _, c: body(c), carry)
-    theta, _, _, sums, _, _ = body(carry, value)
-    return theta, sums
+    theta, _, _, sums, eta, _ = body(carry, value)
+    return theta, sums, eta
 
 
 def _readout_objective(problem, zs):
@@ -656,7 +666,8 @@ def _init(s, problem, controls, key, rho0):
     ro = _readout_optimizer(s).init(controls.w) if readout_method(s, problem) == "gradient" else ()
     lo = _lift_optimizer(s).init(controls.lift) if problem.lift is not None else ()
     dtype = jnp.result_type(float)
-    return MSAState(controls, ro, key, jnp.zeros((), jnp.int32), jnp.asarray(rho0, dtype), lo)
+    eta = jnp.ones((problem.N,), dtype) if s.name == "emsa" else ()
+    return MSAState(controls, ro, key, jnp.zeros((), jnp.int32), jnp.asarray(rho0, dtype), lo, eta)
 
 
 def _step(s, problem, state, rho, optimizer, adapt=None):
@@ -688,7 +699,8 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
             hdata = subsample(data, jax.random.fold_in(sub, 1), s.hessian_samples, _sample_axis(batch))
             optimizer = newton_preconditioner(inner_hessian(batch, hdata, rho, s.inner_gradient), c.theta)
         steps = s.inner_steps if s.inner_steps is not None else (1 if inner == "newton" else 3)
-        theta, sums = _maximize(batch, data, rho, optimizer, steps, s.inner_gradient, start)
+        eta0 = None if isinstance(state.eta, tuple) else state.eta
+        theta, sums, eta = _maximize(batch, data, rho, optimizer, steps, s.inner_gradient, start, eta0)
     ro = state.readout_state
     w = c.w
     if readout == "gradient":
@@ -726,7 +738,8 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
         rho_next = jnp.where(accept, jnp.maximum(rho * down, rho_min), jnp.minimum(rho * up, 1e12))
         rho_next = rho_next.astype(state.rho.dtype)
         info["accepted"] = accept.astype(m["loss"].dtype)
-    new = MSAState(cn.Controls(theta, w, lift), ro, key, state.iteration + 1, rho_next, lo)
+    eta = state.eta if inner != "optax" or isinstance(state.eta, tuple) else eta
+    new = MSAState(cn.Controls(theta, w, lift), ro, key, state.iteration + 1, rho_next, lo, eta)
     return new, info
 
 
