@@ -305,12 +305,18 @@ def _validate(p: ControlProblem) -> None:
     if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
         raise ValueError("y holds NaN or Inf values; clean or drop those samples")
     p.loss.check_labels(y)
-    if not np.isfinite(float(p.T)) or float(p.T) <= 0:
-        raise ValueError(f"horizon T must be a positive number, got {p.T!r}")
+    # The numbers become arrays of the computation dtype: 1e300 is finite in Python and inf in
+    # float32, so the bound is that dtype's largest number.
+    dtype = np.dtype(jnp.result_type(float))
+    big = float(np.finfo(dtype).max)
+    T = float(p.T)
+    if not 0 < T <= big:
+        raise ValueError(f"horizon T must be a positive number at most {big:.4g} (the largest {dtype}), got {T!r}")
     for name in _WEIGHTS:
         v = float(getattr(p, name))
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"weight {name} must be a finite number >= 0, got {v!r}")
+        if not 0 <= v <= big:
+            raise ValueError(f"weight {name} must be a number >= 0 and at most {big:.4g} (the largest {dtype}), "
+                             f"got {v!r}")
 
 
 def objective(problem: ControlProblem, controls: Controls):

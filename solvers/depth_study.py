@@ -86,10 +86,10 @@ def warm_start_controls(controls: cn.Controls, N: int, mode: str = "fixed_h") ->
         if N < N_old:
             raise ValueError(f"cannot extend {N_old} layers to fewer ({N}); sort the horizons")
         pad = lambda a: jax.numpy.concatenate([a, jax.numpy.zeros((N - N_old,) + a.shape[1:], a.dtype)])  # noqa: E731
-        return cn.Controls(jax.tree_util.tree_map(pad, controls.theta), controls.w)
+        return controls._replace(theta=jax.tree_util.tree_map(pad, controls.theta))
     if mode == "fixed_T":
         idx = (np.arange(N) * N_old) // N
-        return cn.Controls(jax.tree_util.tree_map(lambda a: a[idx], controls.theta), controls.w)
+        return controls._replace(theta=jax.tree_util.tree_map(lambda a: a[idx], controls.theta))
     raise ValueError(f"mode must be 'fixed_h' or 'fixed_T', got {mode!r}")
 
 

@@ -116,6 +116,9 @@ class DiscreteMSA:
 
     def init(self, problem, controls, *, key):
         """Discrete initial controls: the continuous ones quantized (``M^0 = θ^0``)."""
+        if problem.lift is not None:
+            raise ValueError("the discrete solver trains θ and w only, and this problem has a learned lift; "
+                             "build it with lift='zero' (a zero-padding lift)")
         M = controls.theta
         zero = jax.tree_util.tree_map(jnp.zeros_like, M)  # no previous level: pure sign rule
         theta = jax.tree_util.tree_map(

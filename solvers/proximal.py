@@ -66,7 +66,7 @@ def smooth_gradient(problem, controls, grad):
     if "l1" not in problem.terms:
         return grad
     d = jax.grad(lambda th: _l1_part(problem, th))(controls.theta)
-    return cn.Controls(jax.tree_util.tree_map(jnp.subtract, grad.theta, d), grad.w)
+    return grad._replace(theta=jax.tree_util.tree_map(jnp.subtract, grad.theta, d))
 
 
 def _finite_number(v):
@@ -110,7 +110,8 @@ class ProximalGradient:
         def proposal(eta):
             theta = jax.tree_util.tree_map(lambda th, d: soft_threshold(th - eta * d, eta * hl1), c.theta, gs.theta)
             w = jax.tree_util.tree_map(lambda v, d: v - eta * d, c.w, gs.w)
-            return cn.Controls(theta, w)
+            lift = jax.tree_util.tree_map(lambda v, d: v - eta * d, c.lift, gs.lift)
+            return cn.Controls(theta, w, lift)
 
         def too_long(carry):
             eta, tries = carry

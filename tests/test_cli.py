@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import controlnet as cn
-from controlnet import cli
+from controlnet_cli import app as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny, fast training run; every CLI test starts from it.
@@ -188,7 +188,7 @@ def _controls(d):
 def test_sigint_then_resume_gives_the_uninterrupted_result(reference, tmp_path, capsys):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "controlnet.cli", *RUN, "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "controlnet_cli", *RUN, "--out", str(out),
                              "--checkpoint-every", "50"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:

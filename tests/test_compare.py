@@ -10,7 +10,7 @@ import pytest
 
 import problems
 import solvers
-from controlnet import cli
+from controlnet_cli import app as cli
 from solvers import compare
 from solvers.gd import GradientDescent
 

@@ -185,7 +185,7 @@ def test_mnist1d_subset_trains_well_above_chance():
 def test_cli_trains_a_conv_problem_with_its_defaults(tmp_path):
     import json
 
-    from controlnet import cli
+    from controlnet_cli import app as cli
 
     parser = cli.build_parser()
     args = cli._fill_training_defaults(parser.parse_args(["train", "--problem", "mnist1d", "--out", "u"]))

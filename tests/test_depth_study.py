@@ -184,7 +184,7 @@ def test_regularization_sweep_trains_on_train_and_scores_on_test():
 def test_cli_turnpike_writes_the_sweep_it_was_asked_for(tmp_path):
     import json
 
-    from controlnet.cli import main
+    from controlnet_cli import main
 
     out = tmp_path / "tp"
     code = main(["turnpike", "--problem", "ring", "--samples", "20", "--horizons", "0.5,1", "--step", "0.25",

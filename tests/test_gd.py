@@ -103,19 +103,6 @@ def test_result_round_trip(ring, tmp_path):
     assert float(cn.objective(p, back.controls)[0]) == pytest.approx(r.info["loss"], rel=1e-12)
 
 
-def test_core_does_not_import_solvers_or_problems():
-    """Arrows one way: only the CLI (the application layer) imports problems and solvers."""
-    import pathlib
-    import re
-
-    root = pathlib.Path(cn.__file__).parent
-    for path in root.rglob("*.py"):
-        if path.name == "cli.py":
-            continue
-        text = path.read_text()
-        assert not re.search(r"^\s*(from|import)\s+(solvers|problems)\b", text, re.M), path
-
-
 def test_checkpointed_gradient_descent_follows_the_same_path(ring):
     """checkpoint_block recomputes states in the backward pass: same iterates to round-off."""
     p = ring.problem

@@ -85,8 +85,8 @@ BAD_PROBLEMS = {
     "N = 0": (dict(N=0), "N (number of layers) must be an integer >= 1"),
     "N not an integer": (dict(N=2.5), "N (number of layers) must be an integer >= 1"),
     "width < data dimension": (dict(width=1), "width must be an integer >= the data dimension 2"),
-    "negative l2": (dict(l2=-1e-3), "weight l2 must be a finite number >= 0"),
-    "negative l1": (dict(l1=-1.0), "weight l1 must be a finite number >= 0"),
+    "negative l2": (dict(l2=-1e-3), "weight l2 must be a number >= 0"),
+    "negative l1": (dict(l1=-1.0), "weight l1 must be a number >= 0"),
     "negative smoothness": (dict(smoothness=-1.0), "weight smoothness must be"),
     "negative tracking": (dict(tracking=-0.5), "weight tracking must be"),
     "infinite readout_l2": (dict(readout_l2=np.inf), "weight readout_l2 must be"),
@@ -102,6 +102,14 @@ def test_bad_problem_raises_one_clear_error_before_compiling(case):
     assert fragment in str(e.value)
     assert "\n" not in str(e.value)
     assert len(_COMPILES) == n, "validation must come before any XLA compile"
+
+
+def test_a_number_that_overflows_float32_is_refused_as_typed():
+    """1e300 is finite in Python and inf as float32: refused, and the message shows 1e+300."""
+    with jax.enable_x64(False), pytest.raises(ValueError, match=r"at most 3\.403e\+38 \(the largest float32\), got 1e\+300"):
+        cn.ControlProblem(**{**BASE, "T": 1e300})
+    with jax.enable_x64(False), pytest.raises(ValueError, match=r"weight l2 must be .* got 1e\+300"):
+        cn.ControlProblem(**{**BASE, "l2": 1e300})
 
 
 BAD_NAMES = {

@@ -148,7 +148,7 @@ def test_make_overrides_and_structured_dynamics():
 
 @pytest.mark.parametrize("name", problems.PROBLEMS)
 def test_cli_builds_every_problem(name, tmp_path):
-    from controlnet import cli
+    from controlnet_cli import app as cli
 
     args = cli.build_parser().parse_args(["train", "--problem", name, "--out", str(tmp_path)])
     task = cli._task_from_args(args)

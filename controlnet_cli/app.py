@@ -1,7 +1,7 @@
 """The ``controlnet`` command line.
 
-This is the application layer: the one module of the package that imports :mod:`problems` and
-:mod:`solvers` (nothing in the core imports it). Each subcommand is a ``_<name>_parser`` that
+The application layer (:mod:`controlnet_cli`): it imports :mod:`controlnet`, :mod:`problems` and
+:mod:`solvers`, and nothing imports it. Each subcommand is a ``_<name>_parser`` that
 adds its options and a ``_<name>`` handler. Bad input prints one line ``controlnet: error: ...``
 (no traceback) and exits with status 2; a diverged solve exits with status 3, an interrupted one
 (Ctrl-C, its last iterate saved and resumable) with 130.
@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from .io import atomic_write, to_json
+from controlnet.io import atomic_write, to_json
 
 __all__ = ["main", "build_parser"]
 
