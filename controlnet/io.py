@@ -59,7 +59,10 @@ CHECKPOINT_VERSION = 1
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    A write that fails (no space left, a file-size limit) removes the temporary file and raises
+    ``OSError`` naming ``path``; a file already at ``path`` is untouched either way."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -68,15 +71,17 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:  # disk full, file too large, ...: say which file
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror}; {path.name} was left as it was") from e
         raise
 
 
 def _flat(controls: Controls) -> dict[str, np.ndarray]:
     out = {}
-    for part in ("theta", "w"):
+    for part in ("theta", "w", "lift"):
         for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(controls, part))[0]:
             name = "/".join([part] + [str(getattr(k, "key", getattr(k, "idx", k))) for k in path])
             out[name] = np.asarray(leaf)
@@ -91,7 +96,7 @@ def _unflat(arrays: dict[str, np.ndarray]) -> Controls:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = arr
-    return Controls(parts["theta"], parts["w"])
+    return Controls(parts["theta"], parts["w"], parts.get("lift"))
 
 
 def save_controls(path: Path, controls: Controls) -> dict[str, list[int]]:
