@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -44,6 +45,7 @@ __all__ = [
     "save_controls",
     "load_controls",
     "atomic_write",
+    "atomic_write_all",
     "Checkpoint",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
@@ -63,19 +65,39 @@ def atomic_write(path: Path, write) -> None:
 
     A write that fails (no space left, a file-size limit) removes the temporary file and raises
     ``OSError`` naming ``path``; a file already at ``path`` is untouched either way."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    atomic_write_all({Path(path): write})
+
+
+def atomic_write_all(writers: dict) -> None:
+    """Write several files as one: every ``write(file)`` of ``{path: write}`` goes to a temporary
+    file first, and only when all of them are complete on disk are they renamed into place.
+
+    If any write fails, every temporary file is removed and no file at any ``path`` changes (an
+    ``OSError`` names the file that failed). The renames themselves take no space and cannot
+    fail for lack of it."""
+    done = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None:  # disk full, file too large, ...: say which file
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror}; {path.name} was left as it was") from e
+        for path, write in writers.items():
+            path = Path(path)
+            fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+            done.append((tmp, path))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                if e.errno is None:
+                    raise
+                # disk full, file too large, ...: say which file, and that nothing was replaced
+                raise OSError(e.errno, f"cannot write {path}: {e.strerror}; {path.name} and the files "
+                                       "written with it were left as they were") from e
+        for tmp, path in done:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in done:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
 
 
@@ -273,15 +295,16 @@ class Result:
         """Write the result into ``directory`` (created if missing); returns its path."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        shapes = save_controls(d / "controls.npz", self.controls)
+        flat = _flat(self.controls)
         hist = {k: np.asarray(v) for k, v in self.history.items()}
-        atomic_write(d / "history.npz", lambda f: np.savez(f, **hist))
-        digests = {name: _sha256(d / name) for name in ("controls.npz", "history.npz")}
+        blobs = {"controls.npz": _npz_bytes(flat), "history.npz": _npz_bytes(hist)}
+        digests = {name: hashlib.sha256(b).hexdigest() for name, b in blobs.items()}
         meta = {"format": FORMAT, "version": VERSION, "status": self.status,
-                "controls_shapes": shapes, "history_length": _length(hist), "sha256": digests,
-                **self.info}
-        text = to_json(meta, indent=2).encode()
-        atomic_write(d / "result.json", lambda f: f.write(text))
+                "controls_shapes": {k: list(v.shape) for k, v in flat.items()},
+                "history_length": _length(hist), "sha256": digests, **self.info}
+        blobs["result.json"] = to_json(meta, indent=2).encode()
+        # All three or none: a failed write (a full disk) leaves the previous result as it was.
+        atomic_write_all({d / name: (lambda f, b=b: f.write(b)) for name, b in blobs.items()})
         return d
 
     @classmethod
@@ -318,6 +341,12 @@ class Result:
         for k in ("format", "version", "controls_shapes", "history_length", "sha256"):
             meta.pop(k, None)
         return cls(controls, history, status, meta)
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 def _sha256(path) -> str:

@@ -10,52 +10,16 @@ adds its options and a ``_<name>`` handler. Bad input prints one line ``controln
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from controlnet.io import atomic_write, to_json
 
+from .arguments import (Parser, UsageError, batch_size, comma_list, name, nonneg_float, positive_float,
+                        positive_int, seed)
+from .lock import output_lock
+
 __all__ = ["main", "build_parser"]
-
-
-class UsageError(Exception):
-    """Bad input found by a handler before any work starts."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (``main`` prints them), not usage + exit."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # So that "--l2 -1e-3" reaches the type check ("expected a number >= 0") instead of
-        # being taken for an option; argparse's own pattern misses exponents and inf/nan.
-        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$",
-                                                   re.IGNORECASE)
-
-    def error(self, message):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def _argument(convert, accept, expected: str):
-    """An argparse type: ``convert`` the text, keep it if ``accept``, else say what was expected."""
-
-    def parse(s):
-        try:
-            v = convert(s)
-        except ValueError:
-            v = None
-        if v is None or not accept(v):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}")
-        return v
-
-    return parse
-
-
-_seed = _argument(int, lambda v: 0 <= v < 2**31, "a seed in 0..2147483647")
-_positive_int = _argument(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _argument(float, lambda v: 0 < v < float("inf"), "a positive number")
-_nonneg_float = _argument(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def _add_problem_options(p):
@@ -63,19 +27,19 @@ def _add_problem_options(p):
 
     g = p.add_argument_group("problem")
     g.add_argument("--problem", default="ring", choices=PROBLEMS, help="data set and default settings (default: ring)")
-    g.add_argument("--samples", type=_positive_int, help="training samples (default: the problem's, 500 for synthetic data); the test split has as many (digits: the rest)")
-    g.add_argument("--width", type=_positive_int, help="state width d; data are zero-padded to it (default: the problem's)")
-    g.add_argument("--layers", type=_positive_int, help="number of layers N (default: the problem's)")
-    g.add_argument("--horizon", type=_positive_float, help="time horizon T, step h = T/N (default: the problem's)")
+    g.add_argument("--samples", type=positive_int, help="training samples (default: the problem's, 500 for synthetic data); the test split has as many (digits: the rest)")
+    g.add_argument("--width", type=positive_int, help="state width d; data are zero-padded to it (default: the problem's)")
+    g.add_argument("--layers", type=positive_int, help="number of layers N (default: the problem's)")
+    g.add_argument("--horizon", type=positive_float, help="time horizon T, step h = T/N (default: the problem's)")
     g.add_argument("--dynamics", help="vector field: inner σ(Wz+b), outer Wσ(z)+b, two_layer Bσ(Az+a), or a structured one: antisymmetric, hamiltonian, volume_preserving, mass_preserving, lipschitz")
-    g.add_argument("--hidden", type=_positive_int, help="inner width m of two_layer dynamics")
+    g.add_argument("--hidden", type=positive_int, help="inner width m of two_layer dynamics")
     g.add_argument("--activation", default="tanh", help="tanh, relu, softplus, sigmoid or identity (default: tanh)")
     g.add_argument("--integrator", default="euler", help="euler (a ResNet), rk4, no_residual (an MLP), lie/symplectic_euler or strang/leapfrog (splitting, for the structured fields) (default: euler)")
-    g.add_argument("--l2", type=_nonneg_float, help="weight α of (α/2)‖θ‖² in the running cost")
-    g.add_argument("--l1", type=_nonneg_float, default=0.0, help="weight of ‖θ‖₁ in the running cost")
-    g.add_argument("--smoothness", type=_nonneg_float, default=0.0, help="weight β of (β/2h)Σ‖θ_{k+1}−θ_k‖²")
-    g.add_argument("--tracking", type=_nonneg_float, default=0.0, help="weight γ of the loss at every layer")
-    g.add_argument("--seed", type=_seed, default=0, help="seed for data and initial controls (default: 0)")
+    g.add_argument("--l2", type=nonneg_float, help="weight α of (α/2)‖θ‖² in the running cost")
+    g.add_argument("--l1", type=nonneg_float, default=0.0, help="weight of ‖θ‖₁ in the running cost")
+    g.add_argument("--smoothness", type=nonneg_float, default=0.0, help="weight β of (β/2h)Σ‖θ_{k+1}−θ_k‖²")
+    g.add_argument("--tracking", type=nonneg_float, default=0.0, help="weight γ of the loss at every layer")
+    g.add_argument("--seed", type=seed, default=0, help="seed for data and initial controls (default: 0)")
     g.add_argument("--float64", action="store_true", help="compute in float64 (default: float32)")
 
 
@@ -103,11 +67,11 @@ def _train_parser(sub):
     _add_problem_options(p)
     p.add_argument("--solver", default="gd", help="solver name (default: gd)")
     _add_training_options(p)
-    p.add_argument("--seconds", type=_positive_float, help="wall-time budget in seconds")
+    p.add_argument("--seconds", type=positive_float, help="wall-time budget in seconds")
     _add_msa_options(p)
     p.add_argument("--out", type=Path, help="output directory (default: the --resume directory)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
-    p.add_argument("--checkpoint-every", type=_positive_int, metavar="K",
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="K",
                    help="save the whole solver state to OUT/checkpoint.npz every K iterations "
                         "(it is also saved on Ctrl-C and at the end)")
     p.add_argument("--resume", type=Path, metavar="DIR",
@@ -116,21 +80,15 @@ def _train_parser(sub):
     p.set_defaults(handler=_train)
 
 
-def _batch_size(s):
-    if s == "full":
-        return "full"
-    return _positive_int(s)
-
-
 def _add_training_options(p, each=""):
     """``--iters``, ``--lr``, ``--schedule``, ``--batch-size``: unset ones take the problem's
     :data:`problems.TRAINING` (filled in by :func:`_fill_training_defaults`)."""
-    p.add_argument("--iters", type=_positive_int, help=f"iteration budget{each} (default: the problem's; 500 for the toys, 1500 for the conv nets)")
-    p.add_argument("--lr", type=_positive_float,
+    p.add_argument("--iters", type=positive_int, help=f"iteration budget{each} (default: the problem's; 500 for the toys, 1500 for the conv nets)")
+    p.add_argument("--lr", type=positive_float,
                    help="learning rate of gd's Adam, or pgd's first step (default: the problem's; 0.01 for the toys)")
     p.add_argument("--schedule", choices=("constant", "cosine"),
                    help="gd's learning rate: constant, or cosine-decayed to 0 over --iters (default: the problem's)")
-    p.add_argument("--batch-size", type=_batch_size,
+    p.add_argument("--batch-size", type=batch_size,
                    help="minibatch size, or 'full' (default: the problem's; the full batch for the toys, 128 for the conv nets)")
 
 
@@ -171,9 +129,9 @@ def _solver_from_args(args):
 
 def _add_msa_options(p):
     g = p.add_argument_group("MSA (solvers msa, emsa)")
-    g.add_argument("--rho", type=_positive_float, help="E-MSA penalty ρ, the initial value (default: 5, then adapted)")
-    g.add_argument("--inner-steps", type=_positive_int, help="Hamiltonian-maximization steps per iteration (default: 1 Newton or 3 optax steps for emsa, 10 for msa)")
-    g.add_argument("--inner-lr", type=_positive_float,
+    g.add_argument("--rho", type=positive_float, help="E-MSA penalty ρ, the initial value (default: 5, then adapted)")
+    g.add_argument("--inner-steps", type=positive_int, help="Hamiltonian-maximization steps per iteration (default: 1 Newton or 3 optax steps for emsa, 10 for msa)")
+    g.add_argument("--inner-lr", type=positive_float,
                    help="inner step: E-MSA's dimensionless step (default 0.5), basic MSA's Adam rate (default 0.05)")
     g.add_argument("--inner", choices=("auto", "optax", "newton", "ipopt"),
                    help="the Hamiltonian maximization: a few optimizer steps for all layers at once "
@@ -234,16 +192,15 @@ def _train(args):
     # One compiled function instead of one compile per eager op (seconds on a loaded machine).
     init = jax.jit(lambda problem, key: problem.init_controls(key))
     controls = init(task.problem, jax.random.PRNGKey(args.seed))
-    out.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with output_lock(out, "train"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*diverged at iteration", category=RuntimeWarning)
         result = solvers.solve(solver, task.problem, controls, seed=args.seed, max_iters=args.iters,
                                max_seconds=args.seconds, test=task.test, progress=False if args.quiet else None,
                                checkpoint=None if one_solve else out / "checkpoint.npz",
                                checkpoint_every=args.checkpoint_every,
                                resume=resume, checkpoint_meta={"cli": _train_config(args)})
-    result.save(out)
-    _save_pictures(out, task, result)
+        result.save(out)
+        _save_pictures(out, task, result)
     summary = {k: result.info[k] for k in ("loss", "accuracy", "test_accuracy", "iterations", "wall_time") if k in result.info}
     print(to_json({"status": result.status, **summary}))
     print(f"wrote {out}/result.json, {'' if one_solve else 'checkpoint.npz, '}flow.png, loss.png")
@@ -299,36 +256,26 @@ def _turnpike_parser(sub):
                                    "flow speed against t/T.")
     _add_problem_options(p)
     p.set_defaults(tracking=1.0)
-    p.add_argument("--horizons", default="1,2,4,8,16", help="comma-separated horizons T (default: 1,2,4,8,16)")
-    p.add_argument("--step", type=_positive_float, default=0.25, help="step h; N = round(T/h) (default: 0.25)")
+    p.add_argument("--horizons", type=comma_list(positive_float, what="horizons"), default="1,2,4,8,16", help="comma-separated horizons T (default: 1,2,4,8,16)")
+    p.add_argument("--step", type=positive_float, default=0.25, help="step h; N = round(T/h) (default: 0.25)")
     p.add_argument("--fixed-T", action="store_true",
                    help="sweep N = round(T_j/h) at the fixed horizon --horizon (default: the largest of --horizons)")
     p.add_argument("--loss", choices=("logistic", "squared"), default="logistic",
                    help="logistic, or squared: ½(λ2(z) − y)² on the 0/1 labels, whose minimum is attained "
                         "at finite states as the turnpike theorem assumes (default: logistic)")
     p.add_argument("--solver", default="gd", help="solver name (default: gd)")
-    p.add_argument("--iters", type=_positive_int, default=2000, help="iterations per horizon (default: 2000)")
-    p.add_argument("--lr", type=_positive_float, default=1e-2,
+    p.add_argument("--iters", type=positive_int, default=2000, help="iterations per horizon (default: 2000)")
+    p.add_argument("--lr", type=positive_float, default=1e-2,
                    help="initial learning rate of Adam, decayed to 1%% of it over --iters by a cosine schedule "
                         "(a constant rate leaves a noise floor of about lr in ‖θ(t)‖) (default: 0.01)")
-    p.add_argument("--batch-size", type=_positive_int, help="minibatch size (default: full batch)")
-    p.add_argument("--init-scale", type=_nonneg_float, default=0.1, help="scale of the random initial controls (default: 0.1)")
-    p.add_argument("--eps", type=_positive_float, default=0.1, help="band ‖θ(t)‖ ≤ ε (and flow speed ≤ ε) (default: 0.1)")
+    p.add_argument("--batch-size", type=positive_int, help="minibatch size (default: full batch)")
+    p.add_argument("--init-scale", type=nonneg_float, default=0.1, help="scale of the random initial controls (default: 0.1)")
+    p.add_argument("--eps", type=positive_float, default=0.1, help="band ‖θ(t)‖ ≤ ε (and flow speed ≤ ε) (default: 0.1)")
     p.add_argument("--warm-start", choices=("none", "tracking", "both"), default="none",
                    help="start each horizon from the previous solution, its new layers at θ = 0 "
                         "(continuation in T): for no sweep, the tracking sweep only, or both (default: none)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(handler=_turnpike)
-
-
-def _parse_horizons(text: str) -> list[float]:
-    try:
-        hs = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--horizons must be comma-separated numbers, got {text!r}") from None
-    if not hs or any(not (0 < T < float("inf")) for T in hs):
-        raise UsageError(f"--horizons must be positive numbers, got {text!r}")
-    return sorted(hs)
 
 
 def _turnpike_factory(args):
@@ -367,12 +314,10 @@ def _finite_or_none(v):
 
 
 def _turnpike(args):
-    from solvers.depth_study import depth_study, depth_vs_turnpike
-
     _check_out(args.out)
     if args.layers is not None:
         raise UsageError("turnpike sets N from --horizons and --step; drop --layers")
-    horizons = _parse_horizons(args.horizons)
+    horizons = sorted(args.horizons)
     fixed_T = (args.horizon or max(horizons)) if args.fixed_T else None
     if args.horizon is not None and not args.fixed_T:
         raise UsageError("--horizon is the fixed T of --fixed-T; without it the horizons come from --horizons")
@@ -387,6 +332,12 @@ def _turnpike(args):
         solver = solvers.make_solver("gd", optimizer=optax.adam(schedule), batch_size=args.batch_size)
     else:
         solver = _solver_from_args(args)
+    with output_lock(args.out, "turnpike"):
+        return _run_turnpike(args, factory, solver, horizons, fixed_T)
+
+
+def _run_turnpike(args, factory, solver, horizons, fixed_T):
+    from solvers.depth_study import depth_study, depth_vs_turnpike
 
     def report(run):
         print(f"  T={run['T']:g} N={run['N']}: error {run['training_error']:.3g}, ‖θ‖_L2 {run['theta_l2']:.3g}, "
@@ -404,8 +355,6 @@ def _turnpike(args):
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
               if k not in ("command", "handler") and not callable(v)}
     summary = _finite_or_none({"config": config, **summary})
-    args.out.mkdir(parents=True, exist_ok=True)
-
     text = to_json(summary, indent=1).encode()
     atomic_write(args.out / "summary.json", lambda f: f.write(text))
     names = _save_turnpike_pictures(args.out, summary)
@@ -452,11 +401,11 @@ def _compare_parser(sub):
                                    "one table (final loss, accuracy, iterations, wall time, time to reach the "
                                    "target loss) and write OUT/summary.json, loss_vs_iter.png, loss_vs_time.png.")
     _add_problem_options(p)
-    p.add_argument("--solvers", default="gd,emsa",
+    p.add_argument("--solvers", type=comma_list(name, what="solver names"), default="gd,emsa",
                    help="comma-separated solver names from the registry (default: gd,emsa)")
     _add_training_options(p, each=" of each solver")
-    p.add_argument("--seconds", type=_positive_float, help="wall-time budget of each solver in seconds")
-    p.add_argument("--target-loss", type=_positive_float,
+    p.add_argument("--seconds", type=positive_float, help="wall-time budget of each solver in seconds")
+    p.add_argument("--target-loss", type=positive_float,
                    help="loss level for the time-to-target column (default: a tenth of the initial loss)")
     _add_msa_options(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
@@ -471,19 +420,18 @@ def _compare(args):
 
     _check_out(args.out)
     _fill_training_defaults(args)
-    names = [n.strip() for n in args.solvers.split(",") if n.strip()]
+    names = args.solvers  # a list without empty or repeated entries (arguments.comma_list)
     unknown = [n for n in names if n not in solvers.SOLVERS]
-    if not names or unknown:
-        raise UsageError(f"unknown solver(s) {unknown or args.solvers!r}; choose from {sorted(solvers.SOLVERS)}")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--solvers lists a solver twice: {args.solvers}")
+    if unknown:
+        raise UsageError(f"--solvers: unknown solver(s) {', '.join(unknown)}; choose from {sorted(solvers.SOLVERS)}")
     built = [_solver_from_args(argparse.Namespace(**{**vars(args), "solver": n})) for n in names]
     task = _task_from_args(args)
     controls = jax.jit(lambda problem, key: problem.init_controls(key))(task.problem, jax.random.PRNGKey(args.seed))
-    cmp = compare.compare(task.problem, dict(zip(names, built)), controls, max_iters=args.iters, max_seconds=args.seconds,
-                          target_loss=args.target_loss, seed=args.seed, test=task.test)
-    print(compare.format_table(cmp.summary))
-    written = compare.save(cmp, args.out)
+    with output_lock(args.out, "compare"):
+        cmp = compare.compare(task.problem, dict(zip(names, built)), controls, max_iters=args.iters,
+                              max_seconds=args.seconds, target_loss=args.target_loss, seed=args.seed, test=task.test)
+        print(compare.format_table(cmp.summary))
+        written = compare.save(cmp, args.out)
     print(f"target loss {cmp.target_loss:.4g}; wrote " + ", ".join(str(w) for w in written))
     return 0
 
@@ -494,7 +442,7 @@ SUBCOMMANDS.append(_compare_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="controlnet", description="Train neural networks as optimal control problems.")
+    parser = Parser(prog="controlnet", description="Train neural networks as optimal control problems.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)

@@ -51,7 +51,7 @@ BAD_ARGS = {
     "unknown dynamics": (["--out", "{d}", "--dynamics", "lstm"], "unknown dynamics 'lstm'; choose one of"),
     "unknown integrator": (["--out", "{d}", "--integrator", "rk45"], "unknown integrator 'rk45'; choose one of"),
     "unknown activation": (["--out", "{d}", "--activation", "gelu"], "unknown activation 'gelu'; choose one of"),
-    "N = 0": (["--out", "{d}", "--layers", "0"], "argument --layers: expected a positive integer, got '0'"),
+    "N = 0": (["--out", "{d}", "--layers", "0"], "argument --layers: expected a positive integer below 2147483648, got '0'"),
     "N not an integer": (["--out", "{d}", "--layers", "2.5"], "argument --layers: expected a positive integer"),
     "T = 0": (["--out", "{d}", "--horizon", "0"], "argument --horizon: expected a positive number, got '0'"),
     "T < 0": (["--out", "{d}", "--horizon", "-1"], "argument --horizon: expected a positive number, got '-1'"),
@@ -70,6 +70,9 @@ BAD_ARGS = {
     "resume from a file": (["--resume", "{f}"], "--resume {f} is not a directory"),
     "unknown inner maximization": (["--out", "{d}", "--solver", "emsa", "--inner", "exact"],
                                    "argument --inner: invalid choice: 'exact'"),
+    "T overflows float32": (["--out", "{d}", "--horizon", "1e300"],
+                            "argument --horizon: expected a positive number at most 3.403e+38 "
+                            "(float32; --float64 allows up to 1.798e+308), got '1e300'"),
     "checkpoints of a one-solve solver": (["--out", "{d}", "--solver", "direct", "--checkpoint-every", "5"],
                                           "--solver direct is one solve with no state to checkpoint"),
 }
@@ -86,6 +89,31 @@ def test_bad_arguments_one_line_exit_2(case, tmp_path, capsys):
     code, out, err = run(argv, capsys)
     assert_one_line_error(code, err, fill(fragment))
     assert not (tmp_path / "result.json").exists()
+
+
+TURNPIKE = ["turnpike", "--problem", "ring", "--samples", "8", "--iters", "1"]
+COMPARE = ["compare", "--problem", "ring", "--samples", "8", "--layers", "2", "--iters", "1"]
+BAD_LISTS = {
+    # name: (command line, fragment of the message): lists and numbers as typed, option named
+    "empty horizon": (TURNPIKE + ["--horizons", "1,,2"], "argument --horizons: empty entry in '1,,2'"),
+    "trailing comma": (COMPARE + ["--solvers", "gd,"], "argument --solvers: empty entry in 'gd,'"),
+    "only a comma": (COMPARE + ["--solvers", ","], "argument --solvers: empty entry in ','"),
+    "negative horizon": (TURNPIKE + ["--horizons", "-1,2"],
+                         "argument --horizons: entry '-1' of '-1,2': expected a positive number"),
+    "overflowing horizon": (TURNPIKE + ["--horizons", "1,1e300"], "entry '1e300' of '1,1e300': expected a positive"),
+    "repeated horizon": (TURNPIKE + ["--horizons", "1,2,1"], "argument --horizons: '1,2,1' lists '1' twice"),
+    "repeated solver": (COMPARE + ["--solvers", "gd,emsa,gd"], "argument --solvers: 'gd,emsa,gd' lists 'gd' twice"),
+    "unknown solver in a list": (COMPARE + ["--solvers", "gd,nope"], "--solvers: unknown solver(s) nope"),
+    "not a number": (TURNPIKE + ["--horizons", "1,two"], "entry 'two' of '1,two': expected a positive number"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LISTS))
+def test_bad_lists_one_line_exit_2(case, tmp_path, capsys):
+    argv, fragment = BAD_LISTS[case]
+    code, out, err = run(argv + ["--out", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "out").exists(), "nothing is written for a bad command line"
 
 
 # -- 2. fuzz: random bad arguments never give a traceback -----------------------------------------
@@ -165,6 +193,51 @@ def test_fuzz_random_tokens_give_one_line(argv, capsys):
     assume(not any(t.startswith(("-h", "--h", "--o", "--r")) for t in argv))
     code, out, err = run(argv, capsys)
     assert_one_line_error(code, err)
+
+
+class _WorkStarted(BaseException):
+    """Raised where a valid command line would start training (not an error of the CLI)."""
+
+
+def _start_of_work(*args, **kwargs):
+    raise _WorkStarted
+
+
+_entry = st.one_of(st.just(""), st.just(" "), st.floats().map(repr), st.integers(-3, 3).map(str),
+                   st.sampled_from(["gd", "emsa", "msa", "pgd", "nope", "1e300", "-1", "1_0", "inf"]), _text)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(command=st.sampled_from(["turnpike", "compare"]), entries=st.lists(_entry, min_size=1, max_size=5),
+       equals=st.booleans())
+def test_fuzz_lists_never_traceback(command, entries, equals, tmp_path, capsys, monkeypatch):
+    """Any --horizons / --solvers value: one line and exit 2, or (a valid list) the work starts."""
+    import solvers.compare
+    import solvers.depth_study
+
+    monkeypatch.setattr(solvers.depth_study, "depth_study", _start_of_work)
+    monkeypatch.setattr(solvers.depth_study, "depth_vs_turnpike", _start_of_work)
+    monkeypatch.setattr(solvers.compare, "compare", _start_of_work)
+    option, base = ("--horizons", TURNPIKE) if command == "turnpike" else ("--solvers", COMPARE)
+    value = ",".join(entries)
+    arg = [f"{option}={value}"] if equals else [option, value]
+    try:
+        code, out, err = run(base + arg + ["--out", tmp_path / "out"], capsys)
+    except _WorkStarted:
+        return  # a valid list
+    assert_one_line_error(code, err)
+
+
+@pytest.mark.parametrize("argv", [TURNPIKE + ["--horizons", "2,1"], COMPARE + ["--solvers", "gd, emsa"]])
+def test_a_valid_list_reaches_the_work(argv, tmp_path, monkeypatch):
+    """The fuzz test's other branch is reachable: a valid list starts the work."""
+    import solvers.compare
+    import solvers.depth_study
+
+    monkeypatch.setattr(solvers.depth_study, "depth_study", _start_of_work)
+    monkeypatch.setattr(solvers.compare, "compare", _start_of_work)
+    with pytest.raises(_WorkStarted):
+        cli.main([str(a) for a in argv + ["--out", tmp_path / "out"]])
 
 
 # -- 4. Ctrl-C of a running `controlnet train`, then --resume -------------------------------------
