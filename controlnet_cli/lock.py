@@ -6,7 +6,8 @@ if it exists), and holds the owner's host, process id and start time. A second c
 same ``OUT`` finds it and refuses at once, naming the owner. A lock left by a process that no
 longer runs (killed with SIGKILL, or a machine that went down) is stale: it is reclaimed, with a
 note on stderr. Reclaiming renames the stale file away first, so of two commands reclaiming at
-once only one can succeed.
+once only one can succeed. The holder of the lock removes the temporary files a killed
+writer left in ``OUT``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def output_lock(out: Path, command: str = "controlnet"):
               file=sys.stderr)
     else:
         raise UsageError(f"could not take the lock {lock}; another process keeps taking it; pick another --out")
+    # Whoever holds the lock owns the folder: a temporary file there is what a killed writer left
+    # (controlnet.io.atomic_write_all writes ".<name>.<random>.tmp" beside each file).
+    for tmp in out.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     try:
         yield lock
     finally:
