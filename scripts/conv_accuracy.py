@@ -27,11 +27,14 @@ import solvers
 
 def make_solver(name, steps, batch_size, lr):
     """``gd``: Adam with ``lr`` decayed to 0 over ``steps`` (cosine); ``emsa``: extended MSA on
-    minibatches, one safeguarded inner step per iteration."""
+    the same minibatches, one safeguarded inner step per iteration (Adam's first step, scaled
+    per layer by the step size the iterations carry), the read-out and lift by gd's schedule."""
+    schedule = optax.cosine_decay_schedule(lr, steps)
     if name == "gd":
-        return solvers.GradientDescent(optax.adam(optax.cosine_decay_schedule(lr, steps)), batch_size=batch_size)
+        return solvers.GradientDescent(optax.adam(schedule), batch_size=batch_size)
     if name == "emsa":
-        return solvers.ExtendedMSA(batch_size=batch_size, inner_steps=1)
+        return solvers.ExtendedMSA(batch_size=batch_size, inner_steps=1, inner_optimizer=optax.adam(lr),
+                                   readout_optimizer=optax.adam(schedule))
     raise ValueError(f"unknown solver {name!r}; choose gd or emsa")
 
 
