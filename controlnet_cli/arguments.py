@@ -82,27 +82,29 @@ class _Bound:
         return f"at most {FLOAT64_MAX:.4g}"
 
 
-def _number_in_range(accept, what):
-    """A float type; the message names the dtype's bound when the number is beyond it."""
+def _number_in_range(accept, what: str, bounded: str):
+    """A float type: ``expected <what>``, or ``expected <bounded> <the bound>`` when the number is
+    beyond the computation dtype's largest."""
 
     def parse(s):
         try:
             return number(float, accept, what)(s)
-        except argparse.ArgumentTypeError:
+        except argparse.ArgumentTypeError as e:
             try:
                 too_big = abs(float(s)) > _limit["max"]
             except ValueError:
                 too_big = False
-            bound = f" {_Bound()}" if too_big else ""
-            raise argparse.ArgumentTypeError(f"expected {what.removesuffix(' and')}{bound}, got {s!r}") from None
+            if not too_big:
+                raise e from None
+            raise argparse.ArgumentTypeError(f"expected {bounded} {_Bound()}, got {s!r}") from None
 
     return parse
 
 
 seed = number(int, lambda v: 0 <= v < 2**31, "a seed in 0..2147483647")
 positive_int = number(int, lambda v: 1 <= v < 2**31, "a positive integer below 2147483648")
-positive_float = _number_in_range(lambda v: v > 0 and _finite(v), "a positive number")
-nonneg_float = _number_in_range(lambda v: v >= 0 and _finite(v), "a number >= 0 and")
+positive_float = _number_in_range(lambda v: v > 0 and _finite(v), "a positive number", "a positive number")
+nonneg_float = _number_in_range(lambda v: v >= 0 and _finite(v), "a number >= 0", "a number >= 0 and")
 name = number(str.strip, lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None, "a name")
 
 

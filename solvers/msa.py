@@ -122,7 +122,8 @@ class MSAState(NamedTuple):
     rho: jax.Array
     lift_state: Any = ()
     #: The inner steps' per-layer scales ``η_k`` where the last iteration left them
-    #: (:func:`maximize_hamiltonians`); ``()``: start every iteration from 1.
+    #: (:func:`maximize_hamiltonians`), carried by the extended MSA's ``inner="optax"``;
+    #: ``()`` (basic MSA): every iteration starts from 1.
     eta: Any = ()
 
 
@@ -689,6 +690,7 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     data = layer_data(batch, c, zs, ps)
     start = jax.tree_util.tree_map(jnp.negative, grad_theta)
     inner = inner_method(s, batch)
+    eta = state.eta
     if inner == "ipopt":
         from .msa_exact import maximize_exactly  # CasADi only when asked for
 
@@ -699,8 +701,10 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
             hdata = subsample(data, jax.random.fold_in(sub, 1), s.hessian_samples, _sample_axis(batch))
             optimizer = newton_preconditioner(inner_hessian(batch, hdata, rho, s.inner_gradient), c.theta)
         steps = s.inner_steps if s.inner_steps is not None else (1 if inner == "newton" else 3)
-        eta0 = None if isinstance(state.eta, tuple) else state.eta
-        theta, sums, eta = _maximize(batch, data, rho, optimizer, steps, s.inner_gradient, start, eta0)
+        carry = inner == "optax" and not isinstance(state.eta, tuple)  # MSAState.eta
+        theta, sums, eta_end = _maximize(batch, data, rho, optimizer, steps, s.inner_gradient, start,
+                                         state.eta if carry else None)
+        eta = eta_end if carry else state.eta
     ro = state.readout_state
     w = c.w
     if readout == "gradient":
@@ -738,7 +742,6 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
         rho_next = jnp.where(accept, jnp.maximum(rho * down, rho_min), jnp.minimum(rho * up, 1e12))
         rho_next = rho_next.astype(state.rho.dtype)
         info["accepted"] = accept.astype(m["loss"].dtype)
-    eta = state.eta if inner != "optax" or isinstance(state.eta, tuple) else eta
     new = MSAState(cn.Controls(theta, w, lift), ro, key, state.iteration + 1, rho_next, lo, eta)
     return new, info
 
