@@ -1,24 +1,22 @@
 """Solvers of the control problem; each imports :mod:`controlnet` only.
 
-Every solver has ``init(problem, controls, *, key)`` and a pure ``step(problem, state)``;
-:func:`solve` drives any of them.
+Every solver has ``init(problem, controls, *, key)`` and a pure ``step(problem, state)`` (or,
+for a one-shot method, ``run``) and a class attribute ``name``; :func:`solve` drives any of
+them. :data:`SOLVERS` is the registry the command line and :func:`make_solver` use.
 """
 
+from .direct import Direct
+from .discrete import DiscreteMSA
 from .driver import evaluate, solve
 from .gd import GradientDescent
-from .direct import Direct
+from .msa import MSA, ExtendedMSA
+from .proximal import ProximalGradient
 
-#: Solver classes by the names the CLI uses.
-SOLVERS = {"gd": GradientDescent}
+#: Solver classes by their ``name`` (the names the CLI takes).
+SOLVERS = {cls.name: cls for cls in (GradientDescent, MSA, ExtendedMSA, DiscreteMSA, ProximalGradient, Direct)}
 
-SOLVERS["direct"] = Direct
-
-from .discrete import DiscreteMSA  # noqa: E402
-from .msa import MSA, ExtendedMSA  # noqa: E402
-
-from .proximal import ProximalGradient  # noqa: E402
-
-SOLVERS.update({"msa": MSA, "emsa": ExtendedMSA, "discrete": DiscreteMSA, "pgd": ProximalGradient})
+__all__ = ["SOLVERS", "make_solver", "solve", "evaluate", "GradientDescent", "MSA", "ExtendedMSA", "DiscreteMSA",
+           "ProximalGradient", "Direct"]
 
 
 def make_solver(name: str, **options):
