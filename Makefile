@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= runs/demo
 
-.PHONY: demo test test-slow test-all bench bench-inner clean
+.PHONY: demo test test-slow test-all bench bench-inner wheel-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,5 +47,19 @@ bench: $(BENCH_STAMP)
 bench-inner: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.inner_steps --seeds 5 --save
 
+# The wheel alone, without this checkout: build it, install it into a fresh venv, and train from
+# a directory where nothing of the checkout can be imported.
+WHEEL_VENV ?= .venv-wheel
+wheel-check:
+	rm -rf dist $(WHEEL_VENV)
+	$(PYTHON) -m pip wheel --quiet --no-deps -w dist .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(WHEEL_VENV)/bin/python -m pip install --quiet dist/*.whl
+	here=$$(pwd) && cd "$$(mktemp -d)" && "$$here/$(WHEEL_VENV)/bin/controlnet" train --problem ring --samples 64 \
+		--iters 5 --quiet --out run && test -s run/result.json && test -s run/flow.png && \
+		"$$here/$(WHEEL_VENV)/bin/python" -c "import controlnet, controlnet_cli, problems, solvers; \
+		assert all('site-packages' in m.__file__ for m in (controlnet, controlnet_cli, problems, solvers)), controlnet.__file__; print('wheel OK:', controlnet.__file__)"
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(WHEEL_VENV) dist runs .pytest_cache
