@@ -262,20 +262,7 @@ def solve(
     ``"interrupted"``, keeping (and checkpointing) the last completed iterate; a second SIGINT
     raises ``KeyboardInterrupt`` at once (the periodic checkpoints stay).
     """
-    if not isinstance(max_iters, (int, np.integer)) or isinstance(max_iters, bool) or max_iters < 0:
-        raise ValueError(f"max_iters must be an integer >= 0, got {max_iters!r}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
-    if checkpoint_every is not None and (not isinstance(checkpoint_every, (int, np.integer))
-                                         or isinstance(checkpoint_every, bool) or checkpoint_every < 1):
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
-    if steps_per_call is not None and (not isinstance(steps_per_call, (int, np.integer))
-                                       or isinstance(steps_per_call, bool)
-                                       or not 1 <= steps_per_call <= MAX_STEPS_PER_CALL):
-        raise ValueError(f"steps_per_call must be an integer from 1 to {MAX_STEPS_PER_CALL}, "
-                         f"got {steps_per_call!r}")
-    if checkpoint_every is not None and checkpoint is None:
-        raise ValueError("checkpoint_every needs a checkpoint file; pass checkpoint=path")
+    _check_options(max_iters, max_seconds, checkpoint, checkpoint_every, steps_per_call)
     _check_controls(problem, controls)
     if test is not None:
         problem.with_data(*test)  # validate the test split now, not after the solve
@@ -288,113 +275,170 @@ def solve(
                           max_seconds=max_seconds, tol=tol, target_loss=target_loss, test=test,
                           progress=progress, callback=callback)
     key = jax.random.PRNGKey(seed) if key is None else key
-    from tqdm.auto import tqdm
-
     solver_name = getattr(solver, "name", type(solver).__name__)
     state = solver.init(problem, controls, key=key)
     fingerprint = _fingerprint(problem)
-    history: dict[str, list] = {}
-    start_it = 0
-    if resume is not None:
-        ck = cn.io.load_checkpoint(resume, like=state)
-        if ck.meta.get("solver") != solver_name:
-            raise ValueError(f"checkpoint {resume} was written by solver {ck.meta.get('solver')!r}, "
-                             f"not {solver_name!r}; resume with the same solver")
-        if ck.meta.get("problem") != fingerprint:
-            diff = sorted(k for k in set(fingerprint) | set(ck.meta.get("problem") or {})
-                          if (ck.meta.get("problem") or {}).get(k) != fingerprint.get(k))
-            raise ValueError(f"checkpoint {resume} was written for another problem (differs in "
-                             f"{', '.join(diff)}); resume with the same problem and data")
-        state, start_it = ck.state, ck.iteration
-        history = {k: [float(x) for x in v] for k, v in ck.history.items()}
-
-    def save(st, n):
-        if jax.process_index() != 0:  # several processes (jax.distributed): one writer
-            return
-        meta = {"solver": solver_name, "problem": fingerprint, **(checkpoint_meta or {})}
-        cn.io.save_checkpoint(checkpoint, st, iteration=n, history=history, meta=meta)
+    state, start_it, history = _resumed(resume, state, solver_name, fingerprint)
+    meta = {"solver": solver_name, "problem": fingerprint, **(checkpoint_meta or {})}
+    save = _checkpoint_writer(checkpoint, history, meta)
 
     with _SigintFlag() as stop:
         step, names, _, compile_time = _compile(solver, problem, state)  # timed apart
-
-        status, diverged_at = "max_iters", None
-        before, keep = None, None  # before: (start, iterations) of the previous call; keep: see below
-        bar = tqdm(total=max_iters, initial=min(start_it, max_iters),
-                   disable=(None if progress is None else not progress),
-                   desc=solver_name, leave=False)
+        loop = _Loop(step, names, problem, state, start_it, history, callback, target_loss, tol)
+        bar = _progress_bar(progress, max_iters, start_it, solver_name)
         start = time.perf_counter()
-        it, per_call = start_it, 1  # per_call: iterations of the next call (module doc, "Calls")
         try:
-            while it < max_iters and status == "max_iters":
-                n = min(per_call, max_iters - it)
-                if checkpoint_every is not None:  # a call ends on every checkpoint
-                    n = min(n, checkpoint_every - it % checkpoint_every)
-                t = time.perf_counter()
-                limits = _call_args(n, target_loss, tol)
-                new_state, rows = step(problem, state, *limits)
-                done = _unpack(names, rows)  # one transfer for all numbers of the call
-                seconds = (time.perf_counter() - t) / len(done)
-                for row, (info, finite) in enumerate(done):  # _compiled_step's checks, on the host
-                    info["time"] = seconds
-                    if not np.isfinite(info["loss"]):
-                        status, diverged_at = "diverged", it
-                        keep = _replay(step, problem, state, row - 1, before)  # iterate j−1
-                        break
-                    for k, v in info.items():
-                        history.setdefault(k, []).append(v)
-                    if not np.isfinite(info.get("grad_norm", 0.0)) or not finite:
-                        status, diverged_at = "diverged", it + (0 if finite else 1)
-                        keep = _replay(step, problem, state, row, before)  # iterate j
-                        break
-                    it += 1
-                    if callback is not None:
-                        callback(it - 1, info)
-                    # Compared in the step's precision, as the call did.
-                    if limits[1].dtype.type(info["loss"]) <= limits[1]:
-                        status = "target"
-                    elif "grad_norm" in info and limits[2].dtype.type(info["grad_norm"]) <= limits[2]:
-                        status = "converged"
-                if status == "diverged":
-                    break
-                before, state = (state, len(done)), new_state
-                bar.update(len(done))
-                bar.set_postfix(loss=f"{info['loss']:.4g}")
-                if checkpoint_every is not None and it % checkpoint_every == 0:
-                    save(state, it)
-                left = None if max_seconds is None else max_seconds - (time.perf_counter() - start)
-                interrupted, out_of_time = _agree(stop.requested, left is not None and left <= 0)
-                if status == "max_iters" and interrupted and it < max_iters:
-                    status = "interrupted"
-                elif status == "max_iters" and out_of_time:
-                    status = "max_seconds"
-                per_call = _next_call(steps_per_call, len(done), seconds, left)
+            loop.run(max_iters, max_seconds, checkpoint_every, steps_per_call, stop, bar, save, start)
         except KeyboardInterrupt:
             if stop.installed:  # a second Ctrl-C: stop everything now (e.g. a whole sweep)
                 raise
-            status = "interrupted"  # SIGINT outside the main thread: no flag, stop cleanly
+            loop.status = "interrupted"  # SIGINT outside the main thread: no flag, stop cleanly
         finally:
             bar.close()
-        if checkpoint is not None and status != "diverged":
-            save(state, it)
+        if save is not None and loop.status != "diverged":
+            save(loop.state, loop.it)
     wall = time.perf_counter() - start
-    final = keep.controls if status == "diverged" else state.controls
-    iterations = len(history.get("loss", []))
+    final = loop.keep.controls if loop.status == "diverged" else loop.state.controls
     summary = {
         "solver": solver_name,
-        "iterations": iterations,
+        "iterations": len(history.get("loss", [])),
         "wall_time": wall,
         "compile_time": compile_time,
-        "diverged_at": diverged_at,
+        "diverged_at": loop.diverged_at,
         "resumed_from": start_it if resume is not None else None,
         "problem": problem.describe(),
     }
     summary.update(evaluate(problem, final, test))
-    if status == "diverged":
-        warnings.warn(f"{solver_name} diverged at iteration {diverged_at} (non-finite loss, "
+    if loop.status == "diverged":
+        warnings.warn(f"{solver_name} diverged at iteration {loop.diverged_at} (non-finite loss, "
                       "gradient or iterate); keeping the last finite iterate", RuntimeWarning,
                       stacklevel=2)
     hist = {k: np.asarray(v) for k, v in history.items()}
-    return cn.Result(final, hist, status, summary)
+    return cn.Result(final, hist, loop.status, summary)
+
+
+def _is_count(v, low=0) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+
+
+def _check_options(max_iters, max_seconds, checkpoint, checkpoint_every, steps_per_call):
+    """The budget and checkpoint options of :func:`solve`, refused before any work."""
+    if not _is_count(max_iters):
+        raise ValueError(f"max_iters must be an integer >= 0, got {max_iters!r}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    if checkpoint_every is not None and not _is_count(checkpoint_every, 1):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if steps_per_call is not None and not (_is_count(steps_per_call, 1) and steps_per_call <= MAX_STEPS_PER_CALL):
+        raise ValueError(f"steps_per_call must be an integer from 1 to {MAX_STEPS_PER_CALL}, "
+                         f"got {steps_per_call!r}")
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every needs a checkpoint file; pass checkpoint=path")
+
+
+def _resumed(resume, state, solver_name, fingerprint):
+    """``(state, iteration, history)`` to start from: the checkpoint ``resume`` (checked against
+    the solver and the problem), or ``state`` at iteration 0 with an empty history."""
+    if resume is None:
+        return state, 0, {}
+    ck = cn.io.load_checkpoint(resume, like=state)
+    if ck.meta.get("solver") != solver_name:
+        raise ValueError(f"checkpoint {resume} was written by solver {ck.meta.get('solver')!r}, "
+                         f"not {solver_name!r}; resume with the same solver")
+    saved = ck.meta.get("problem") or {}
+    if saved != fingerprint:
+        diff = sorted(k for k in set(fingerprint) | set(saved) if saved.get(k) != fingerprint.get(k))
+        raise ValueError(f"checkpoint {resume} was written for another problem (differs in "
+                         f"{', '.join(diff)}); resume with the same problem and data")
+    return ck.state, ck.iteration, {k: [float(x) for x in v] for k, v in ck.history.items()}
+
+
+def _checkpoint_writer(checkpoint, history, meta):
+    """``save(state, iteration)`` writing ``checkpoint`` with the history so far, or ``None``."""
+    if checkpoint is None:
+        return None
+
+    def save(state, n):
+        if jax.process_index() != 0:  # several processes (jax.distributed): one writer
+            return
+        cn.io.save_checkpoint(checkpoint, state, iteration=n, history=history, meta=meta)
+
+    return save
+
+
+def _progress_bar(progress, max_iters, start_it, name):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=max_iters, initial=min(start_it, max_iters),
+                disable=(None if progress is None else not progress), desc=name, leave=False)
+
+
+class _Loop:
+    """The iterations of one solve, in calls (module doc, "Calls"): ``state`` is the last iterate
+    completed (``it`` iterations), ``status`` how the loop stands, ``keep`` the iterate a
+    divergence keeps, ``before`` the previous call's ``(start state, iterations)`` for
+    :func:`_replay`."""
+
+    def __init__(self, step, names, problem, state, it, history, callback, target_loss, tol):
+        self.step, self.names, self.problem = step, names, problem
+        self.state, self.it, self.history, self.callback = state, it, history, callback
+        self.target_loss, self.tol = target_loss, tol
+        self.status, self.diverged_at, self.keep, self.before = "max_iters", None, None, None
+
+    def run(self, max_iters, max_seconds, checkpoint_every, steps_per_call, stop, bar, save, start):
+        per_call = 1  # iterations of the next call: the first runs one, then _next_call
+        while self.it < max_iters and self.status == "max_iters":
+            n = min(per_call, max_iters - self.it)
+            if checkpoint_every is not None:  # a call ends on every checkpoint
+                n = min(n, checkpoint_every - self.it % checkpoint_every)
+            done, seconds, info = self.call(n)
+            if self.status == "diverged":
+                break
+            bar.update(done)
+            bar.set_postfix(loss=f"{info['loss']:.4g}")
+            if checkpoint_every is not None and self.it % checkpoint_every == 0:
+                save(self.state, self.it)
+            left = None if max_seconds is None else max_seconds - (time.perf_counter() - start)
+            interrupted, out_of_time = _agree(stop.requested, left is not None and left <= 0)
+            if self.status == "max_iters" and interrupted and self.it < max_iters:
+                self.status = "interrupted"
+            elif self.status == "max_iters" and out_of_time:
+                self.status = "max_seconds"
+            per_call = _next_call(steps_per_call, done, seconds, left)
+
+    def call(self, n):
+        """One compiled call of up to ``n`` iterations, then :func:`_compiled_step`'s checks
+        replayed row by row on the host; returns ``(iterations, seconds each, last info)``."""
+        t = time.perf_counter()
+        limits = _call_args(n, self.target_loss, self.tol)
+        new_state, rows = self.step(self.problem, self.state, *limits)
+        done = _unpack(self.names, rows)  # one transfer for all numbers of the call
+        seconds = (time.perf_counter() - t) / len(done)
+        info = None
+        for row, (info, finite) in enumerate(done):
+            info["time"] = seconds
+            if not np.isfinite(info["loss"]):
+                self._diverged(self.it, row - 1)  # iterate j−1
+                return len(done), seconds, info
+            for k, v in info.items():
+                self.history.setdefault(k, []).append(v)
+            if not np.isfinite(info.get("grad_norm", 0.0)) or not finite:
+                self._diverged(self.it + (0 if finite else 1), row)  # iterate j
+                return len(done), seconds, info
+            self.it += 1
+            if self.callback is not None:
+                self.callback(self.it - 1, info)
+            # Compared in the step's precision, as the call did.
+            if limits[1].dtype.type(info["loss"]) <= limits[1]:
+                self.status = "target"
+            elif "grad_norm" in info and limits[2].dtype.type(info["grad_norm"]) <= limits[2]:
+                self.status = "converged"
+        self.before, self.state = (self.state, len(done)), new_state
+        return len(done), seconds, info
+
+    def _diverged(self, at, row):
+        self.status, self.diverged_at = "diverged", at
+        self.keep = _replay(self.step, self.problem, self.state, row, self.before)
 
 
 def _check_controls(problem, controls):
