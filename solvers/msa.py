@@ -785,7 +785,7 @@ class ExtendedMSA:
               with Euler (on the latter ``H̃_k`` is quadratic, so the step is its maximum); other
               fields take ``P`` Hessian-vector products (``P`` parameters per layer). Its cost
               grows as ``P²`` per sample, so it suits narrow layers: on the reference ring it
-              reaches ``J <= 0.05`` in 24-34 iterations from three starts against 34-59 for
+              reaches ``J <= 0.05`` in 24-34 iterations from three starts against 34-58 for
               ``"optax"``, in 0.47-0.60× the wall time (``benchmarks/msa_cost.py``); on the
               spiral (two-layer field, ``P = 80``, by autodiff) it is far slower, hence
               ``"auto"``;
