@@ -46,8 +46,17 @@ def controls(d):
 
 
 def files(d):
-    """Name -> bytes of every file in ``d`` (not the lock)."""
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file() and p.name != LOCK_NAME}
+    """Name -> bytes of every file in ``d``: not the lock, nor the temporary files of a write in
+    progress (a running command's, which come and go under random names)."""
+    out = {}
+    for p in sorted(d.iterdir()):
+        if p.name == LOCK_NAME or p.name.endswith(".tmp"):
+            continue
+        try:
+            out[p.name] = p.read_bytes()
+        except FileNotFoundError:  # renamed away between listing and reading
+            continue
+    return out
 
 
 def dead_pid():
