@@ -50,10 +50,10 @@ bench-inner: $(BENCH_STAMP)
 # The wheel alone, without this checkout: build it, install it into a fresh venv, and train from
 # a directory where nothing of the checkout can be imported.
 WHEEL_VENV ?= .venv-wheel
-wheel-check:
+wheel-check: $(STAMP)
 	rm -rf dist $(WHEEL_VENV)
-	$(PYTHON) -m pip wheel --quiet --no-deps -w dist .
-	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+	$(BIN)/python -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(WHEEL_VENV)/bin/python -m pip install --quiet dist/*.whl
 	here=$$(pwd) && cd "$$(mktemp -d)" && "$$here/$(WHEEL_VENV)/bin/controlnet" train --problem ring --samples 64 \
