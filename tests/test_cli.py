@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 
 import controlnet as cn
 from controlnet_cli import app as cli
+from processes import wait_for_file
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny, fast training run; every CLI test starts from it.
@@ -265,11 +265,7 @@ def test_sigint_then_resume_gives_the_uninterrupted_result(reference, tmp_path, 
                              "--checkpoint-every", "50"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 300
-        while not (out / "checkpoint.npz").exists():  # training has started
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.02)
+        wait_for_file(out / "checkpoint.npz", proc, what="checkpoint")  # training has started
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:

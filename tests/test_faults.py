@@ -25,6 +25,7 @@ import pytest
 
 import controlnet as cn
 from controlnet_cli import app as cli
+from processes import wait_for_file
 from controlnet_cli.lock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,11 +77,8 @@ def test_a_second_command_on_a_busy_folder_refuses_at_once(tmp_path, capsys):
     out = tmp_path / "run"
     first = child([a if a != "600" else "100000" for a in RUN] + ["--checkpoint-every", "100", "--out", out])
     try:
-        deadline = time.monotonic() + 300
-        while not (out / "checkpoint.npz").exists():  # the first holds the lock and is training
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        # the first holds the lock and is training
+        wait_for_file(out / "checkpoint.npz", first, what="checkpoint")
         before = files(out)
         code = cli.main([str(a) for a in TINY + ["--out", out]])
         err = capsys.readouterr().err
