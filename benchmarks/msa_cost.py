@@ -77,6 +77,7 @@ def cost(rounds: int):
         "emsa, 3 inner": ExtendedMSA(rho=5.0, inner="optax", inner_steps=3),
         "emsa, newton (default)": ExtendedMSA(rho=5.0),
         "emsa, 10 inner, autodiff": ExtendedMSA(rho=5.0, inner="optax", inner_steps=10, inner_gradient="autodiff"),
+        "emsa, 3 inner, autodiff": ExtendedMSA(rho=5.0, inner="optax", inner_steps=3, inner_gradient="autodiff"),
         "msa, 10 inner, closed form": MSA(inner_steps=10),
     }
     print(f"reference problem: ring, width 3, S = {problem.S}, N = {problem.N}, T = {float(problem.T)}, "
@@ -91,7 +92,18 @@ def cost(rounds: int):
         for name, (lo, mid, paired, k) in med.items():
             print(f"  {name:32s} {k:8d} {1e3 * lo:6.2f}ms {1e3 * mid:6.2f}ms   {lo / base[0]:5.2f} "
                   f"{mid / base[1]:5.2f} {paired:5.2f}")
+        for how in ("closed form", "autodiff"):
+            print(f"  one inner step, {how}: {inner_step_cost(med, how):.2f} gradient steps")
     return out
+
+
+def inner_step_cost(med, how):
+    """One inner step's cost in gradient steps: ``(cost(10 inner) − cost(3 inner)) / 7`` from the
+    paired ratios of :func:`_timed_steps` (the forward and backward passes, the read-out and the
+    acceptance test, common to both, cancel)."""
+    ten = med[f"emsa, 10 inner, {how}"][2]
+    three = med["emsa, 3 inner" + ("" if how == "closed form" else f", {how}")][2]
+    return (ten - three) / 7
 
 
 def time_to_target(target: float = 0.05, max_iters: int = 3000, repeats: int = 7, seeds=(0, 1, 2)):
@@ -188,6 +200,7 @@ def run(rounds: int = 20, iters: int = 200) -> dict:
         # Paired ratio to a gradient step, both as solvers.solve runs them.
         "emsa_iteration_le_4_gd_steps_at_10_inner": in_solve["emsa, 10 inner, closed form"][2] <= 4.0,
         "emsa_newton_iteration_le_4_gd_steps": in_solve["emsa, newton (default)"][2] <= 4.0,
+        "autodiff_inner_step_le_2_gd_steps": inner_step_cost(in_solve, "autodiff") <= 2.0,
     }
     for label, emsa in (("emsa", "emsa (default: newton)"), ("emsa_3_inner", "emsa, 3 inner")):
         targets[f"{label}_fewer_iterations_than_adam"] = {
@@ -195,9 +208,11 @@ def run(rounds: int = 20, iters: int = 200) -> dict:
         targets[f"{label}_le_2x_adam_wall_time"] = {
             s: r[emsa]["wall_to_adam_paired"] <= 2.0 for s, r in ttt.items()}
     print("targets:", targets)
+    per_inner = {how: inner_step_cost(in_solve, how) for how in ("closed form", "autodiff")}
     steps = {label: {name: dict(zip(("min_s", "median_s", "ratio_paired", "per_call"), v))
                      for name, v in tab.items()} for label, tab in steps.items()}
-    return {"iteration_cost": steps, "time_to_target": ttt, "sin_regression": sin, "targets": targets}
+    return {"iteration_cost": steps, "inner_step_in_gd_steps": per_inner, "time_to_target": ttt,
+            "sin_regression": sin, "targets": targets}
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ from jax.flatten_util import ravel_pytree
 
 import controlnet as cn
 from controlnet.activations import activation
-from controlnet.state import from_scan, stack_to_scan, to_scan
+from controlnet.state import stack_to_scan, step_fm
 
 from .gd import minibatch, tree_norm
 
@@ -125,6 +125,10 @@ class MSAState(NamedTuple):
     #: (:func:`maximize_hamiltonians`), carried by the extended MSA's ``inner="optax"``;
     #: ``()`` (basic MSA): every iteration starts from 1.
     eta: Any = ()
+    #: The inner optimizer's state where the last iteration left it (``inner="optax"`` of the
+    #: extended MSA): Adam's moments, a schedule's count, ... carry over, as they would in one
+    #: optimizer run; ``()``: every iteration starts the optimizer afresh.
+    inner_state: Any = ()
 
 
 class LayerData(NamedTuple):
@@ -160,11 +164,7 @@ def residuals(problem, data: LayerData, theta, method="closed_form"):
         # The kernel's gradient is unused here, and XLA drops it under jit.
         return _CLOSED_FORM[type(problem.integrator), type(problem.dynamics)](problem, data, theta, 0.0)[:2]
 
-    def layer(z, zn, pn, t, th):
-        Psi, vjp = jax.vjp(lambda x: problem.step(x, th), from_scan(problem, z))
-        return zn - to_scan(problem, Psi), t - to_scan(problem, vjp(from_scan(problem, pn))[0])
-
-    return jax.vmap(layer)(data.z, data.z_next, data.p_next, data.target, theta)
+    return _layer_residuals(problem, data, theta)
 
 
 def _jacobi_coupling(problem, theta, theta_frozen):
@@ -318,12 +318,45 @@ def _value_grad_sums(problem, data, theta, rho, method):
         v = _sample_part(sums, rho) + _params_part(problem, data, theta)
         return v, jax.tree_util.tree_map(jnp.add, g, gp), sums
 
-    def total(th):
-        v, sums = _value_sums(problem, data, th, rho, "autodiff")
-        return jnp.sum(v), (v, sums)
+    return _autodiff_value_grad_sums(problem, data, theta, rho)
 
-    g, (v, sums) = jax.grad(total, has_aux=True)(theta)
-    return v, g, sums
+
+def _layer_residuals(problem, data, theta):
+    """``(r_1, r_2)`` of every layer in the scans' layout: one ``jax.vjp`` of the step per layer."""
+
+    def layer(z, zn, pn, t, th):
+        Psi, vjp = jax.vjp(lambda x: step_fm(problem, x, th), z)
+        return zn - Psi, t - vjp(pn)[0]
+
+    return jax.vmap(layer)(data.z, data.z_next, data.p_next, data.target, theta)
+
+
+def _autodiff_value_grad_sums(problem, data, theta, rho):
+    """:func:`_value_grad_sums` for any integrator and vector field, by forward over reverse.
+
+    With ``∂r₁/∂θ = −∂_θΨ`` and ``r₂·∂_θ(J_zΨᵀp̃⁺) = ∂_θ(p̃⁺·J_zΨ r₂)``, the gradient of the
+    sample part of ``H̃_k`` is, with the residuals held fixed at ``θ``,
+
+        ∇_θ mean_i[(p̃⁺ + ρr₁)·Ψ_h(z, θ) + ρ p̃⁺·J_zΨ_h(z, θ) r₂],
+
+    a ``jax.jvp`` of the step in the direction ``r₂`` (one pass for ``Ψ`` and ``J_zΨ r₂``) under
+    one ``jax.grad``. Differentiating the residuals themselves would take the reverse mode of
+    ``r₂``'s ``vjp``, which measured several times slower.
+    """
+    r1, r2 = _layer_residuals(problem, data, theta)
+    sums = _residual_sums(problem, data, r1, r2)
+    v = _sample_part(sums, rho) + _params_part(problem, data, theta)
+    S = r1.shape[_sample_axis(problem)]
+    c, q = (data.p_next + rho * r1) / S, rho * data.p_next / S
+
+    def linear(th):
+        def layer(z, dz, c, q, th):
+            Psi, dPsi = jax.jvp(lambda x: step_fm(problem, x, th), (z,), (dz,))
+            return jnp.sum(c * Psi) + jnp.sum(q * dPsi)
+
+        return jnp.sum(jax.vmap(layer)(data.z, r2, c, q, th)) + jnp.sum(_params_part(problem, data, th))
+
+    return v, jax.grad(linear)(theta), sums
 
 
 def _per_layer(theta):
@@ -492,7 +525,7 @@ def subsample(data: LayerData, key, n, axis: int = -1) -> LayerData:
 
 
 def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, method="closed_form", start=None,
-                          eta=None):
+                          eta=None, opt_state=None):
     """``θ^{j+1}``: ``steps`` safeguarded steps of ``optimizer`` ascending ``H̃_k − C_k`` from ``θ^j``.
 
     The sum over layers is separable (neighbours frozen in ``C_k``), so its gradient holds every
@@ -509,13 +542,15 @@ def maximize_hamiltonians(problem, data: LayerData, rho, optimizer, steps, metho
 
     ``start``: the gradient at ``θ^j`` if known; it is ``∇_θ H_k − ∇_{θ_k} C = −∇_{θ_k} J``
     (the penalties are stationary there), which the backward pass has already computed.
+    ``opt_state``: the optimizer's state to start from (default ``optimizer.init(θ^j)``); the
+    extended MSA passes the one the previous iteration ended with.
     """
-    return _maximize(problem, data, rho, optimizer, steps, method, start, eta)[0]
+    return _maximize(problem, data, rho, optimizer, steps, method, start, eta, opt_state)[0]
 
 
-def _maximize(problem, data, rho, optimizer, steps, method, start, eta=None):
+def _maximize(problem, data, rho, optimizer, steps, method, start, eta=None, opt_state=None):
     """:func:`maximize_hamiltonians`, the :func:`_residual_sums` at the ``θ`` it returns, and the
-    step scales ``η`` it ends with."""
+    step scales ``η`` and optimizer state it ends with."""
     vg = lambda th: _value_grad_sums(problem, data, th, rho, method)  # noqa: E731
     if start is None:
         v0, g0, sums0 = vg(data.theta)
@@ -544,10 +579,11 @@ def _maximize(problem, data, rho, optimizer, steps, method, start, eta=None):
         g = g if gc is None else pick(ok, gc, g)
         return pick(ok, cand, theta), jnp.where(ok, vc, v), g, pick(ok, sc, sums), eta, opt_state
 
-    carry = (data.theta, v0, g0, sums0, eta0, optimizer.init(data.theta))
+    opt_state = optimizer.init(data.theta) if opt_state is None else opt_state
+    carry = (data.theta, v0, g0, sums0, eta0, opt_state)
     carry = jax.lax.fori_loop(0, steps - 1, lambda _, c: body(c), carry)
-    theta, _, _, sums, eta, _ = body(carry, value)
-    return theta, sums, eta
+    theta, _, _, sums, eta, opt_state = body(carry, value)
+    return theta, sums, eta, opt_state
 
 
 def _readout_objective(problem, zs):
@@ -663,12 +699,16 @@ def _lift_optimizer(s):
     return s.readout_optimizer if s.readout_optimizer is not None else optax.adam(1e-2)
 
 
-def _init(s, problem, controls, key, rho0):
+def _init(s, problem, controls, key, rho0, inner_optimizer=None):
+    """The first :class:`MSAState`; ``inner_optimizer``: the optimizer whose state the
+    iterations carry (:attr:`MSAState.inner_state`), if any."""
     ro = _readout_optimizer(s).init(controls.w) if readout_method(s, problem) == "gradient" else ()
     lo = _lift_optimizer(s).init(controls.lift) if problem.lift is not None else ()
     dtype = jnp.result_type(float)
-    eta = jnp.ones((problem.N,), dtype) if s.name == "emsa" else ()
-    return MSAState(controls, ro, key, jnp.zeros((), jnp.int32), jnp.asarray(rho0, dtype), lo, eta)
+    carry = s.name == "emsa" and inner_method(s, problem) == "optax"
+    eta = jnp.ones((problem.N,), dtype) if carry else ()
+    inner_state = inner_optimizer.init(controls.theta) if carry and inner_optimizer is not None else ()
+    return MSAState(controls, ro, key, jnp.zeros((), jnp.int32), jnp.asarray(rho0, dtype), lo, eta, inner_state)
 
 
 def _step(s, problem, state, rho, optimizer, adapt=None):
@@ -691,6 +731,7 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
     start = jax.tree_util.tree_map(jnp.negative, grad_theta)
     inner = inner_method(s, batch)
     eta = state.eta
+    inner_state = state.inner_state
     if inner == "ipopt":
         from .msa_exact import maximize_exactly  # CasADi only when asked for
 
@@ -702,9 +743,12 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
             optimizer = newton_preconditioner(inner_hessian(batch, hdata, rho, s.inner_gradient), c.theta)
         steps = s.inner_steps if s.inner_steps is not None else (1 if inner == "newton" else 3)
         carry = inner == "optax" and not isinstance(state.eta, tuple)  # MSAState.eta
-        theta, sums, eta_end = _maximize(batch, data, rho, optimizer, steps, s.inner_gradient, start,
-                                         state.eta if carry else None)
+        carry_opt = carry and not isinstance(state.inner_state, tuple)
+        theta, sums, eta_end, opt_end = _maximize(batch, data, rho, optimizer, steps, s.inner_gradient, start,
+                                                  state.eta if carry else None,
+                                                  state.inner_state if carry_opt else None)
         eta = eta_end if carry else state.eta
+        inner_state = opt_end if carry_opt else state.inner_state
     ro = state.readout_state
     w = c.w
     if readout == "gradient":
@@ -739,10 +783,11 @@ def _step(s, problem, state, rho, optimizer, adapt=None):
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)  # noqa: E731
         theta, w, ro = keep(theta, c.theta), keep(w, c.w), keep(ro, state.readout_state)
         lift, lo = keep(lift, c.lift), keep(lo, state.lift_state)
+        inner_state = keep(inner_state, state.inner_state)
         rho_next = jnp.where(accept, jnp.maximum(rho * down, rho_min), jnp.minimum(rho * up, 1e12))
         rho_next = rho_next.astype(state.rho.dtype)
         info["accepted"] = accept.astype(m["loss"].dtype)
-    new = MSAState(cn.Controls(theta, w, lift), ro, key, state.iteration + 1, rho_next, lo, eta)
+    new = MSAState(cn.Controls(theta, w, lift), ro, key, state.iteration + 1, rho_next, lo, eta, inner_state)
     return new, info
 
 
@@ -771,6 +816,13 @@ class ExtendedMSA:
             gradient ascent with step ``inner_lr / (ρ_j h²)``, scaled to the penalties, whose
             curvature in ``θ`` is ``ρ h²`` times an ``O(1)`` data moment.
         inner_lr: the dimensionless step of the default inner optimizer.
+        carry_inner_state: ``"optax"``'s optimizer state (Adam's moments, a schedule's step
+            count) carries from one iteration to the next, as in one run of the optimizer
+            (default); ``False`` starts it afresh every iteration, so that Adam's first step,
+            ``lr·sign(g)`` elementwise, is the only kind it ever takes with one inner step.
+            Since the inner gradient at ``θ^j`` is ``−∇_θ J``, one carried Adam step per
+            iteration is an Adam step on ``J`` that the augmented Hamiltonian and the ``J`` test
+            may shorten or reject.
         inner_gradient: ``"closed_form"`` (default; falls back to autodiff where no closed form
             exists) or ``"autodiff"``.
         inner: how every layer's ``H̃_k − C_k`` is maximized:
@@ -809,6 +861,7 @@ class ExtendedMSA:
     inner_steps: int | None = None
     inner_optimizer: Any = None
     inner_lr: float = 0.5
+    carry_inner_state: bool = True
     inner_gradient: str = "closed_form"
     inner: str = "auto"
     readout: str = "auto"
@@ -823,19 +876,26 @@ class ExtendedMSA:
             raise ValueError(f"rho must be positive for extended MSA, got {self.rho!r}; use MSA for rho = 0")
         if not float(self.rho_min) > 0:
             raise ValueError(f"rho_min must be positive, got {self.rho_min!r}")
+        if not isinstance(self.carry_inner_state, bool):
+            raise TypeError(f"carry_inner_state must be True or False, got {self.carry_inner_state!r}")
 
     def rho_at(self, state):
         """``ρ_j`` for the state's iteration: the schedule's value, else the (adapted) state's."""
         return self.rho(state.iteration) if callable(self.rho) else state.rho
 
+    def _inner_optimizer(self, problem, rho):
+        if self.inner_optimizer is not None:
+            return self.inner_optimizer
+        return optax.sgd(self.inner_lr / (rho * problem.h**2))
+
     def init(self, problem, controls, *, key):
-        return _init(self, problem, controls, key, 0.0 if callable(self.rho) else self.rho)
+        rho0 = 0.0 if callable(self.rho) else self.rho
+        carried = self._inner_optimizer(problem, 1.0) if self.carry_inner_state else None
+        return _init(self, problem, controls, key, rho0, carried)
 
     def step(self, problem, state):
         rho = self.rho_at(state)
-        opt = self.inner_optimizer
-        if opt is None:
-            opt = optax.sgd(self.inner_lr / (rho * problem.h**2))
+        opt = self._inner_optimizer(problem, rho)
         adapt = (2.0, 0.9, self.rho_min) if self.adaptive and not callable(self.rho) else None
         return _step(self, problem, state, rho, opt, adapt)
 
