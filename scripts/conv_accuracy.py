@@ -23,18 +23,21 @@ import optax
 
 import problems
 import solvers
+from controlnet.io import atomic_write
 
 
 def make_solver(name, steps, batch_size, lr):
     """``gd``: Adam with ``lr`` decayed to 0 over ``steps`` (cosine); ``emsa``: extended MSA on
-    the same minibatches, one safeguarded inner step per iteration (Adam's first step, scaled
-    per layer by the step size the iterations carry), the read-out and lift by gd's schedule."""
+    the same minibatches, one safeguarded inner step per iteration by the same Adam and
+    schedule (its state carried across iterations), ``ρ`` adapted from 0.1 down to 1e-3 (the
+    default 5 down to 1, set for the dense toys, holds a conv layer's step far below Adam's),
+    the read-out and lift by gd's schedule."""
     schedule = optax.cosine_decay_schedule(lr, steps)
     if name == "gd":
         return solvers.GradientDescent(optax.adam(schedule), batch_size=batch_size)
     if name == "emsa":
-        return solvers.ExtendedMSA(batch_size=batch_size, inner_steps=1, inner_optimizer=optax.adam(lr),
-                                   readout_optimizer=optax.adam(schedule))
+        return solvers.ExtendedMSA(rho=0.1, rho_min=1e-3, batch_size=batch_size, inner_steps=1,
+                                   inner_optimizer=optax.adam(schedule), readout_optimizer=optax.adam(schedule))
     raise ValueError(f"unknown solver {name!r}; choose gd or emsa")
 
 
@@ -64,21 +67,32 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--out", type=Path, default=Path("runs/conv_accuracy"))
     a = ap.parse_args(argv)
+    names = a.solvers.split(",")
+    for name in names:
+        make_solver(name, 1, a.batch_size, a.lr)  # an unknown name fails before any training
     runs = []
-    for name in a.solvers.split(","):
+    a.out.mkdir(parents=True, exist_ok=True)
+    for name in names:
         for seed in (int(s) for s in a.seeds.split(",")):
             r = run(a.problem, name, seed, a.epochs, a.batch_size, a.lr)
             runs.append(r)
             print(json.dumps(r), flush=True)
+            # Rewritten after every run (atomically), so an interrupted study keeps what it ran.
+            text = json.dumps({"runs": runs, "summary": summarize(runs)}, indent=1)
+            atomic_write(a.out / f"{a.problem}.json", lambda f, text=text: f.write(text.encode()))
+    for name, s in summarize(runs).items():
+        print(f"{a.problem} {name}: test accuracy {100 * s['mean']:.1f} ± {100 * s['std']:.1f} % "
+              f"over {len(s['runs'])} seeds")
+
+
+def summarize(runs):
+    """Per solver: the mean and sample standard deviation of the test accuracies, and the runs'."""
     summary = {}
-    for name in a.solvers.split(","):
+    for name in dict.fromkeys(r["solver"] for r in runs):
         acc = np.array([r["test_accuracy"] for r in runs if r["solver"] == name])
         summary[name] = {"mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if acc.size > 1 else 0.0,
                          "runs": acc.tolist()}
-        print(f"{a.problem} {name}: test accuracy {100 * acc.mean():.1f} ± {100 * summary[name]['std']:.1f} % "
-              f"over {acc.size} seeds")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{a.problem}.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
+    return summary
 
 
 if __name__ == "__main__":

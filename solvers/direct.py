@@ -148,6 +148,117 @@ class _Monitor(ca.Callback):
         return [1 if self.on_iterate(np.asarray(arg[0]).ravel(), float(arg[1])) else 0]
 
 
+class _Recorder:
+    """IPOPT's per-iteration hook (:class:`_Monitor` calls it with ``x`` and ``f``): records the
+    network's ``J(θ_j)`` and accuracy, IPOPT's objective and the iteration's wall time; stops
+    the solve (returns ``True``) at ``target_loss`` or on Ctrl-C."""
+
+    def __init__(self, problem, dtype, target_loss, callback, bar):
+        self.problem, self.dtype, self.target_loss, self.callback, self.bar = problem, dtype, target_loss, callback, bar
+        self.history: dict[str, list] = {}
+        self.interrupted = False
+        self.clock = 0.0
+        self.nlp = None  # set once built: the variables' layout
+
+    def to_controls(self, xv) -> cn.Controls:
+        theta, w = _split_x(xv, self.nlp.slices, self.nlp.model)
+        return cn.Controls(*(jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.dtype), t) for t in (theta, w)))
+
+    def __call__(self, xv, f) -> bool:
+        try:
+            m = _metrics(self.problem, self.to_controls(xv))
+            now = time.perf_counter()
+            info = {"loss": float(m["loss"]), "accuracy": float(m["accuracy"]), "objective": f,
+                    "time": now - self.clock}
+            self.clock = now
+            for k, v in info.items():
+                self.history.setdefault(k, []).append(v)
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{info['loss']:.4g}")
+            if self.callback is not None:
+                self.callback(len(self.history["loss"]) - 1, info)
+            return self.target_loss is not None and info["loss"] <= self.target_loss
+        except KeyboardInterrupt:
+            self.interrupted = True
+            return True
+
+
+class _Variables(NamedTuple):
+    """The NLP's decision variables: ``x`` (all of them, one column), its bounds and the
+    slices of each part, and the symbols the objective and dynamics are written in."""
+
+    x: Any
+    lbx: np.ndarray
+    ubx: np.ndarray
+    slices: dict
+    Theta: Any  # p × N: θ (or θ⁺ − θ⁻ with the L1 split)
+    l1: Any  # Σ(θ⁺ + θ⁻) with the split, else None
+    Z: Any  # d × S·N: [Z_1 … Z_N] (multiple shooting), else None
+    w: Any
+
+
+def _decision_variables(m, split: bool, multiple: bool) -> _Variables:
+    """``Θ`` (split into ``Θ⁺, Θ⁻ ≥ 0`` with L1), the states ``Z_1 … Z_N`` (multiple shooting)
+    and the read-out ``w``, stacked in that order."""
+    N, S, d, p = m.N, m.S, m.d, m.p
+    parts, lb = [], []
+    if split:
+        Tp, Tm = ca.MX.sym("theta_plus", p, N), ca.MX.sym("theta_minus", p, N)
+        Theta, l1 = Tp - Tm, ca.sum1(ca.sum2(Tp + Tm))
+        parts += [("theta_plus", Tp), ("theta_minus", Tm)]
+        lb += [np.zeros(2 * p * N)]
+    else:
+        Theta, l1 = ca.MX.sym("theta", p, N), None
+        parts += [("theta", Theta)]
+        lb += [np.full(p * N, -np.inf)]
+    Z = ca.MX.sym("Z", d, S * N) if multiple else None
+    if multiple:
+        parts.append(("Z", Z))
+        lb.append(np.full(d * S * N, -np.inf))
+    w = ca.MX.sym("w", m.n_w)
+    parts.append(("w", w))
+    lb.append(np.full(m.n_w, -np.inf))
+    slices, off = {}, 0
+    for name, sym in parts:
+        slices[name] = slice(off, off + sym.numel())
+        off += sym.numel()
+    x = ca.vertcat(*[ca.vec(sym) for _, sym in parts])
+    lbx = np.concatenate(lb)
+    return _Variables(x, lbx, np.full(lbx.shape, np.inf), slices, Theta, l1, Z, w)
+
+
+def _dynamics(m, v: _Variables):
+    """``(Z_0 … Z_{N−1}, Z_N, g)``: with multiple shooting the states are variables and
+    ``g_k = Ψ_h(Z_k, θ_k) − Z_{k+1}`` (all layers by one mapped CasADi function); with single
+    shooting the forward pass, and no constraints."""
+    if v.Z is None:
+        Zbefore, ZN = m.rollout(v.Theta)
+        return Zbefore, ZN, ca.MX(0, 1)
+    S, N = m.S, m.N
+    Zbefore = ca.horzcat(ca.DM(m.z0), v.Z[:, : S * (N - 1)])
+    g = ca.vec(m.step_function().map(N)(Zbefore, v.Theta) - v.Z)
+    return Zbefore, v.Z[:, S * (N - 1):], g
+
+
+def _initial_costate_function(m):
+    """``(z, p, θ, w) ↦ ∇_z H(z, p, θ, w)``: ``p_0`` from ``p_1`` (``Z_0`` is data, so no
+    multiplier carries it)."""
+    Zs, Ps = ca.MX.sym("z", m.d, m.S), ca.MX.sym("p", m.d, m.S)
+    th, ws = ca.MX.sym("theta", m.p), ca.MX.sym("w", m.n_w)
+    return ca.Function("dHdz", [Zs, Ps, th, ws], [ca.gradient(m.hamiltonian(Zs, Ps, th, ws), Zs)])
+
+
+def _costates_from_multipliers(nlp, xv, lam_g) -> np.ndarray:
+    """Co-states ``p_0 … p_N`` ``(N+1, S, d)`` from the dynamics' multipliers: ``p_{k+1} = −λ_k``
+    (module doc), and ``p_0 = ∇_z H_0(z_0, p_1, θ_0)``."""
+    m = nlp.model
+    ps_next = m.states((-lam_g).reshape(m.d, -1, order="F"))  # p_1 … p_N
+    Theta, w = _theta_w(xv, nlp.slices, m)
+    p0 = np.asarray(nlp.dHdz(m.z0, ps_next[0].T, Theta[:, 0], w), float).T
+    return np.concatenate([p0[None], ps_next])
+
+
 @dataclasses.dataclass(frozen=True)
 class Direct:
     """Direct transcription of the control problem, solved by IPOPT (module doc).
@@ -236,54 +347,22 @@ class Direct:
             "if you know the machine can take it."
         )
 
-    # -- build ----------------------------------------------------------------------------------
+    # -- build: decision variables, dynamics, objective, solver ---------------------------------
     def _build(self, problem, on_iterate, options) -> _NLP:
         m = casadi_model.model(problem)
-        N, S, d, p = m.N, m.S, m.d, m.p
         split = "l1" in m.terms
+        v = _decision_variables(m, split, self.shooting == "multiple")
+        Zbefore, ZN, g = _dynamics(m, v)
+        J = m.cost_from_states(v.Theta, v.w, Zbefore, ZN, l1=v.l1)
+        monitor = _Monitor(v.x.numel(), g.numel(), on_iterate)
+        solver = ca.nlpsol("direct", "ipopt", {"x": v.x, "f": J, "g": g},
+                           self._ipopt_options(monitor, split, options))
+        return _NLP(solver, monitor, m, v.slices, v.lbx, v.ubx, g.numel(), _initial_costate_function(m))
 
-        # Decision variables.
-        parts, lb, ub = [], [], []
-        if split:
-            Tp, Tm = ca.MX.sym("theta_plus", p, N), ca.MX.sym("theta_minus", p, N)
-            Theta, l1 = Tp - Tm, ca.sum1(ca.sum2(Tp + Tm))
-            parts += [("theta_plus", Tp), ("theta_minus", Tm)]
-            lb += [np.zeros(2 * p * N)]
-            ub += [np.full(2 * p * N, np.inf)]
-        else:
-            Theta, l1 = ca.MX.sym("theta", p, N), None
-            parts += [("theta", Theta)]
-            lb += [np.full(p * N, -np.inf)]
-            ub += [np.full(p * N, np.inf)]
-        if self.shooting == "multiple":
-            Zv = ca.MX.sym("Z", d, S * N)  # [Z_1 … Z_N]
-            parts.append(("Z", Zv))
-            lb.append(np.full(d * S * N, -np.inf))
-            ub.append(np.full(d * S * N, np.inf))
-        wv = ca.MX.sym("w", m.n_w)
-        parts.append(("w", wv))
-        lb.append(np.full(m.n_w, -np.inf))
-        ub.append(np.full(m.n_w, np.inf))
-        slices, off = {}, 0
-        for name, sym in parts:
-            slices[name] = slice(off, off + sym.numel())
-            off += sym.numel()
-        x = ca.vertcat(*[ca.vec(sym) for _, sym in parts])
-
-        # Objective and dynamics.
-        if self.shooting == "multiple":
-            z0 = ca.DM(m.z0)
-            Zbefore = ca.horzcat(z0, Zv[:, : S * (N - 1)])
-            ZN = Zv[:, S * (N - 1):]
-            layers = m.step_function().map(N)
-            g = ca.vec(layers(Zbefore, Theta) - Zv)
-        else:
-            Zbefore, ZN = m.rollout(Theta)
-            g = ca.MX(0, 1)
-        J = m.cost_from_states(Theta, wv, Zbefore, ZN, l1=l1)
-
-        monitor = _Monitor(x.numel(), g.numel(), on_iterate)
-        opts = {
+    def _ipopt_options(self, monitor, split, options) -> dict:
+        """CasADi's and IPOPT's options: the measured defaults, then the budget's ``options``,
+        then the user's :attr:`ipopt`."""
+        return {
             "print_time": self.verbose,
             "iteration_callback": monitor,
             "ipopt.print_level": 5 if self.verbose else 0,
@@ -298,15 +377,6 @@ class Direct:
             **{"ipopt." + k: v for k, v in options.items()},
             **{"ipopt." + k: v for k, v in self.ipopt},
         }
-        solver = ca.nlpsol("direct", "ipopt", {"x": x, "f": J, "g": g}, opts)
-
-        # p_0 = ∇_z H_0(z_0, p_1, θ_0): Z_0 is data, so no multiplier carries it.
-        Zs, Ps = ca.MX.sym("z", d, S), ca.MX.sym("p", d, S)
-        th, ws = ca.MX.sym("theta", p), ca.MX.sym("w", m.n_w)
-        dHdz = ca.Function("dHdz", [Zs, Ps, th, ws],
-                           [ca.gradient(m.hamiltonian(Zs, Ps, th, ws), Zs)])
-        return _NLP(solver, monitor, m, slices, np.concatenate(lb), np.concatenate(ub),
-                    g.numel(), dHdz)
 
     # -- solve ----------------------------------------------------------------------------------
     def solve_nlp(self, problem: cn.ControlProblem, controls: cn.Controls, *,
@@ -314,60 +384,44 @@ class Direct:
                   tol: float | None = None, target_loss: float | None = None,
                   callback=None, progress=None) -> DirectSolution:
         """One IPOPT solve warm-started at ``controls``; see :class:`DirectSolution`."""
+        from tqdm.auto import tqdm
+
         sizes = self.check_size(problem)
         dtype = jax.tree_util.tree_leaves(controls)[0].dtype
-        history: dict[str, list] = {}
-        flags = {"target": False, "interrupted": False}
-        clock = [0.0]
-
-        def to_controls(xv):
-            theta, w = _split_x(xv, nlp.slices, nlp.model)
-            return cn.Controls(
-                jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), theta),
-                jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), w))
-
-        def on_iterate(xv, f):
-            try:
-                info = {k: float(v) for k, v in _metrics(problem, to_controls(xv)).items()}
-                info = {"loss": info["loss"], "accuracy": info["accuracy"], "objective": f}
-                now = time.perf_counter()
-                info["time"], clock[0] = now - clock[0], now
-                for k, v in info.items():
-                    history.setdefault(k, []).append(v)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{info['loss']:.4g}")
-                if callback is not None:
-                    callback(len(history["loss"]) - 1, info)
-                if target_loss is not None and info["loss"] <= target_loss:
-                    flags["target"] = True
-                    return True
-                return False
-            except KeyboardInterrupt:
-                flags["interrupted"] = True
-                return True
-
         options = {"max_iter": int(max_iters), "tol": float(self.tol if tol is None else tol)}
         if max_seconds is not None:
             options["max_wall_time"] = float(max_seconds)
         if self.shooting == "multiple" and self.warm_multipliers:
             options["warm_start_init_point"] = "yes"
+        bar = tqdm(total=max_iters + 1, disable=(None if progress is None else not progress),
+                   desc=self.name, leave=False)
+        recorder = _Recorder(problem, dtype, target_loss, callback, bar)
         t0 = time.perf_counter()
-        nlp = self._build(problem, on_iterate, options)
+        nlp = recorder.nlp = self._build(problem, recorder, options)
         # Compile the per-iteration metrics now, so that the first iteration's time is IPOPT's.
         jax.block_until_ready(_metrics(problem, controls))
         build_time = time.perf_counter() - t0
-        m, sl = nlp.model, nlp.slices
+        args = self._initial_guess(problem, controls, nlp)
+        recorder.clock = t_solve = time.perf_counter()
+        try:
+            sol = nlp.solver(**args)
+        finally:
+            bar.close()
+        ipopt_time = time.perf_counter() - t_solve
+        return self._post_process(problem, controls, nlp, sol, recorder, sizes, ipopt_time, build_time)
 
-        # Initial guess: the given controls, their forward pass and (optionally) co-states.
-        Theta0, w0 = m.pack_theta(controls.theta), m.pack_w(controls.w)
+    def _initial_guess(self, problem, controls, nlp) -> dict:
+        """The solver's arguments: ``x0`` from the given controls and their forward pass, the
+        bounds, and (multiple shooting, :attr:`warm_multipliers`) ``λ_k = −p_{k+1}``."""
+        m, sl = nlp.model, nlp.slices
+        Theta0 = m.pack_theta(controls.theta)
         x0 = np.zeros(nlp.lbx.shape)
         if "theta" in sl:
             x0[sl["theta"]] = Theta0.ravel(order="F")
         else:
             x0[sl["theta_plus"]] = np.maximum(Theta0, 0).ravel(order="F")
             x0[sl["theta_minus"]] = np.maximum(-Theta0, 0).ravel(order="F")
-        x0[sl["w"]] = w0
+        x0[sl["w"]] = m.pack_w(controls.w)
         args = {"x0": x0, "lbx": nlp.lbx, "ubx": nlp.ubx}
         if self.shooting == "multiple":
             zs, ps = (np.asarray(a, float) for a in _states_costates(problem, controls))
@@ -375,42 +429,31 @@ class Direct:
             args.update(lbg=0.0, ubg=0.0)
             if self.warm_multipliers:
                 args["lam_g0"] = -_pack_states(ps[1:])
-        from tqdm.auto import tqdm
+        return args
 
-        bar = tqdm(total=max_iters + 1, disable=(None if progress is None else not progress),
-                   desc=self.name, leave=False)
-        clock[0] = t_solve = time.perf_counter()
-        try:
-            sol = nlp.solver(**args)
-        finally:
-            bar.close()
-        ipopt_time = time.perf_counter() - t_solve
+    def _post_process(self, problem, controls, nlp, sol, recorder, sizes, ipopt_time, build_time):
+        """:class:`DirectSolution` from IPOPT's answer: controls, status, states, co-states, history."""
         stats = nlp.solver.stats()
-
         xv = np.asarray(sol["x"], float).ravel()
-
-        # Post-processing: controls, states, co-states, status, history.
         ipopt_status = stats["return_status"]
         status = _STATUS.get(ipopt_status, "failed")
         if ipopt_status == "User_Requested_Stop":
-            status = "interrupted" if flags["interrupted"] else "target"
-        new = to_controls(xv)
+            status = "interrupted" if recorder.interrupted else "target"
+        new = recorder.to_controls(xv)
         if not np.all(np.isfinite(xv)):
             status, new = "diverged", controls
         if self.shooting == "multiple":
+            m, sl = nlp.model, nlp.slices
             states = np.concatenate([m.z0.T[None], m.states(xv[sl["Z"]].reshape(m.d, -1, order="F"))])
-            lam = -np.asarray(sol["lam_g"], float).ravel()
-            ps_next = m.states(lam.reshape(m.d, -1, order="F"))  # p_1 … p_N
-            Theta, wvec = _theta_w(xv, sl, m)
-            p0 = np.asarray(nlp.dHdz(m.z0, ps_next[0].T, Theta[:, 0], wvec), float).T
-            costates = np.concatenate([p0[None], ps_next])
+            costates = _costates_from_multipliers(nlp, xv, np.asarray(sol["lam_g"], float).ravel())
         else:
             states = np.asarray(_states_costates(problem, new)[0], float)
             costates = None
-        its = stats.get("iterations", {})
+        history = recorder.history
         n = len(history.get("loss", []))
-        for key, src in (("inf_pr", "inf_pr"), ("inf_du", "inf_du")):
-            vals = list(its.get(src, []))[:n]
+        its = stats.get("iterations", {})
+        for key in ("inf_pr", "inf_du"):
+            vals = list(its.get(key, []))[:n]
             if len(vals) == n:
                 history[key] = vals
         return DirectSolution(
