@@ -5,6 +5,7 @@ for a one-shot method, ``run``) and a class attribute ``name``; :func:`solve` dr
 them. :data:`SOLVERS` is the registry the command line and :func:`make_solver` use.
 """
 
+from .config import Budget, Checkpoints
 from .direct import Direct
 from .discrete import DiscreteMSA
 from .driver import evaluate, solve
@@ -15,7 +16,7 @@ from .proximal import ProximalGradient
 #: Solver classes by their ``name`` (the names the CLI takes).
 SOLVERS = {cls.name: cls for cls in (GradientDescent, MSA, ExtendedMSA, DiscreteMSA, ProximalGradient, Direct)}
 
-__all__ = ["SOLVERS", "make_solver", "solve", "evaluate", "GradientDescent", "MSA", "ExtendedMSA", "DiscreteMSA",
+__all__ = ["SOLVERS", "make_solver", "solve", "evaluate", "Budget", "Checkpoints", "GradientDescent", "MSA", "ExtendedMSA", "DiscreteMSA",
            "ProximalGradient", "Direct"]
 
 

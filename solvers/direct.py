@@ -24,7 +24,7 @@ are split, ``Θ = Θ⁺ − Θ⁻`` with ``Θ± ≥ 0`` (bounds, which IPOPT han
 problems have the same minimizers. ``N·p`` more variables, no more constraints.
 
 How it fits the solve contract. One IPOPT solve is not a pure, jittable step; ``Direct`` has
-``run(problem, controls, **budget) -> Result`` instead of ``init``/``step``, and
+``run(problem, controls, budget) -> Result`` instead of ``init``/``step``, and
 :func:`solvers.solve` hands over to ``run`` for a solver that has one. The history has one entry
 per IPOPT iteration (the first is the incoming iterate, as for the other solvers): ``loss`` and
 ``accuracy`` of the network ``θ_j`` (forward pass, comparable across solvers), IPOPT's own
@@ -56,6 +56,7 @@ import numpy as np
 import controlnet as cn
 
 from . import casadi_model
+from .config import Budget
 from .driver import evaluate
 
 __all__ = ["Direct", "DirectSolution"]
@@ -464,22 +465,17 @@ class Direct:
             size=sizes,
         )
 
-    def run(self, problem: cn.ControlProblem, controls: cn.Controls, *, key=None, seed: int = 0,
-            max_iters: int = 3000, max_seconds: float | None = None, tol: float | None = None,
-            target_loss: float | None = None, test=None, progress=None,
-            callback=None) -> cn.Result:
-        """One IPOPT solve as a :class:`controlnet.Result` (what :func:`solvers.solve` returns).
+    def run(self, problem: cn.ControlProblem, controls: cn.Controls, budget: Budget = Budget(3000), *,
+            key=None, seed: int = 0, test=None, progress=None, callback=None) -> cn.Result:
+        """One IPOPT solve as a :class:`controlnet.Result` (what :func:`solvers.solve` returns),
+        within ``budget`` (module doc: how its fields map to IPOPT's options).
 
         ``key``/``seed`` are accepted for the common signature; IPOPT is deterministic.
         """
-        if not isinstance(max_iters, (int, np.integer)) or max_iters < 0:
-            raise ValueError(f"max_iters must be an integer >= 0, got {max_iters!r}")
-        if max_seconds is not None and not max_seconds > 0:
-            raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+        b = budget
         start = time.perf_counter()
-        sol = self.solve_nlp(problem, controls, max_iters=max_iters, max_seconds=max_seconds,
-                             tol=tol, target_loss=target_loss, callback=callback,
-                             progress=progress)
+        sol = self.solve_nlp(problem, controls, max_iters=b.max_iters, max_seconds=b.max_seconds,
+                             tol=b.tol, target_loss=b.target_loss, callback=callback, progress=progress)
         wall = time.perf_counter() - start
         m = casadi_model.model(problem)
         c64 = jax.tree_util.tree_map(lambda a: np.asarray(a, float), sol.controls)

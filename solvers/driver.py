@@ -7,7 +7,8 @@ A solver is a frozen dataclass with a ``name`` and two pure functions:
                                                       iterate, at least ``loss``)
 
 A solver that is not a jitted step (the direct solver: one IPOPT solve) has instead
-``run(problem, controls, **budget) -> Result``, and ``solve`` hands over to it.
+``run(problem, controls, budget, ...) -> Result`` (a :class:`~solvers.config.Budget`), and
+``solve`` hands over to it.
 
 ``solve`` compiles ``step`` once, inside a device-side loop that runs many iterations per call
 (:func:`_compiled_step`), records ``info`` and the wall time of every iteration, stops on a
@@ -33,6 +34,7 @@ import numpy as np
 
 import controlnet as cn
 
+from .config import MAX_STEPS_PER_CALL, Budget, Checkpoints, is_count
 from .gd import _joined
 from .sharding import to_host
 
@@ -41,7 +43,6 @@ __all__ = ["solve", "evaluate"]
 
 # A compiled call runs up to MAX_STEPS_PER_CALL iterations in one ``lax.while_loop``, and the
 # driver sizes its calls to about CALL_SECONDS each (module doc, "Calls").
-MAX_STEPS_PER_CALL = 128
 CALL_SECONDS = 0.05
 # Every iteration's numbers are one row of this width: the info entries, then the finiteness flag.
 _ROW = 32
@@ -204,40 +205,37 @@ def solve(
     problem: cn.ControlProblem,
     controls: cn.Controls,
     *,
+    budget: Budget | None = None,
+    checkpoints: Checkpoints | None = None,
     key=None,
     seed: int = 0,
-    max_iters: int = 100,
-    max_seconds: float | None = None,
-    tol: float | None = None,
-    target_loss: float | None = None,
     test=None,
     progress: bool | None = None,
     callback=None,
+    steps_per_call: int | None = None,
+    max_iters: int | None = None,
+    max_seconds: float | None = None,
+    tol: float | None = None,
+    target_loss: float | None = None,
     checkpoint=None,
     checkpoint_every: int | None = None,
     resume=None,
     checkpoint_meta: dict | None = None,
-    steps_per_call: int | None = None,
 ) -> cn.Result:
     """Run ``solver`` on ``problem`` from ``controls``.
 
     Args:
+        budget: when to stop (:class:`~solvers.config.Budget`: ``max_iters`` (default 100),
+            ``max_seconds``, ``tol`` on the gradient norm, ``target_loss``); or pass those four
+            one by one.
+        checkpoints: where to save the solver state and where to resume from
+            (:class:`~solvers.config.Checkpoints`: ``path``, ``every``, ``resume``, ``meta``);
+            or pass them one by one as ``checkpoint``, ``checkpoint_every``, ``resume`` and
+            ``checkpoint_meta``.
         key: PRNG key for the solver (minibatches, inner randomness); default from ``seed``.
-        max_iters, max_seconds: the budget (status ``max_iters`` / ``max_seconds``); on resume
-            ``max_iters`` counts from the start of the original run.
-        tol: stop with ``converged`` once ``info["grad_norm"] <= tol``.
-        target_loss: stop with ``target`` once the loss is ``<= target_loss``.
         test: optional ``(x, y)`` held-out split, for ``test_accuracy`` in the summary.
         progress: show a progress bar (default: only on a terminal).
         callback: ``callback(iteration, info)`` after every iteration (host floats).
-        checkpoint: a file to write the whole solver state to (see :mod:`controlnet.io`):
-            every ``checkpoint_every`` iterations, on interruption and at the end (not after a
-            divergence: the last periodic checkpoint stays). In a multi-process run (after
-            ``jax.distributed.initialize()``) only process 0 writes it.
-        resume: a checkpoint file to continue from; ``controls`` and ``key`` then only fix the
-            state's structure. The run continues the same history as an uninterrupted one (the
-            same compiled step on the same state), bit for bit on the same machine.
-        checkpoint_meta: extra JSON-able entries stored with each checkpoint (e.g. CLI options).
         steps_per_call: iterations per compiled call (1 to :data:`MAX_STEPS_PER_CALL`); default
             (``None``): sized to about :data:`CALL_SECONDS` each (module doc, "Calls"). It
             changes only the timings: the history and the result are the same bit for bit.
@@ -262,33 +260,38 @@ def solve(
     ``"interrupted"``, keeping (and checkpointing) the last completed iterate; a second SIGINT
     raises ``KeyboardInterrupt`` at once (the periodic checkpoints stay).
     """
-    _check_options(max_iters, max_seconds, checkpoint, checkpoint_every, steps_per_call)
+    budget = _grouped(Budget, "budget", budget, max_iters=max_iters, max_seconds=max_seconds, tol=tol,
+                      target_loss=target_loss)
+    ck = _grouped(Checkpoints, "checkpoints", checkpoints, path=checkpoint, every=checkpoint_every,
+                  resume=resume, meta=checkpoint_meta)
+    if steps_per_call is not None and not (is_count(steps_per_call, 1) and steps_per_call <= MAX_STEPS_PER_CALL):
+        raise ValueError(f"steps_per_call must be an integer from 1 to {MAX_STEPS_PER_CALL}, "
+                         f"got {steps_per_call!r}")
     _check_controls(problem, controls)
     if test is not None:
         problem.with_data(*test)  # validate the test split now, not after the solve
     if callable(getattr(solver, "run", None)):
         # Not a jitted step (the direct solver is one IPOPT solve): the solver runs itself.
-        if checkpoint is not None or resume is not None:
+        if ck.path is not None or ck.resume is not None:
             raise ValueError(f"solver {getattr(solver, 'name', solver)!r} is one solve with no "
                              "state to checkpoint; drop checkpoint/resume")
-        return solver.run(problem, controls, key=key, seed=seed, max_iters=max_iters,
-                          max_seconds=max_seconds, tol=tol, target_loss=target_loss, test=test,
-                          progress=progress, callback=callback)
+        return solver.run(problem, controls, budget, key=key, seed=seed, test=test, progress=progress,
+                          callback=callback)
     key = jax.random.PRNGKey(seed) if key is None else key
     solver_name = getattr(solver, "name", type(solver).__name__)
     state = solver.init(problem, controls, key=key)
     fingerprint = _fingerprint(problem)
-    state, start_it, history = _resumed(resume, state, solver_name, fingerprint)
-    meta = {"solver": solver_name, "problem": fingerprint, **(checkpoint_meta or {})}
-    save = _checkpoint_writer(checkpoint, history, meta)
+    state, start_it, history = _resumed(ck.resume, state, solver_name, fingerprint)
+    meta = {"solver": solver_name, "problem": fingerprint, **(ck.meta or {})}
+    save = _checkpoint_writer(ck.path, history, meta)
 
     with _SigintFlag() as stop:
         step, names, _, compile_time = _compile(solver, problem, state)  # timed apart
-        loop = _Loop(step, names, problem, state, start_it, history, callback, target_loss, tol)
-        bar = _progress_bar(progress, max_iters, start_it, solver_name)
+        loop = _Loop(step, names, problem, state, start_it, history, callback, budget)
+        bar = _progress_bar(progress, budget.max_iters, start_it, solver_name)
         start = time.perf_counter()
         try:
-            loop.run(max_iters, max_seconds, checkpoint_every, steps_per_call, stop, bar, save, start)
+            loop.run(ck.every, steps_per_call, stop, bar, save, start)
         except KeyboardInterrupt:
             if stop.installed:  # a second Ctrl-C: stop everything now (e.g. a whole sweep)
                 raise
@@ -305,7 +308,7 @@ def solve(
         "wall_time": wall,
         "compile_time": compile_time,
         "diverged_at": loop.diverged_at,
-        "resumed_from": start_it if resume is not None else None,
+        "resumed_from": start_it if ck.resume is not None else None,
         "problem": problem.describe(),
     }
     summary.update(evaluate(problem, final, test))
@@ -317,23 +320,22 @@ def solve(
     return cn.Result(final, hist, loop.status, summary)
 
 
-def _is_count(v, low=0) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+#: ``solve``'s one-by-one spelling of the configuration objects' fields, for error messages.
+_SPELLED = {"path": "checkpoint", "every": "checkpoint_every", "resume": "resume", "meta": "checkpoint_meta"}
 
 
-def _check_options(max_iters, max_seconds, checkpoint, checkpoint_every, steps_per_call):
-    """The budget and checkpoint options of :func:`solve`, refused before any work."""
-    if not _is_count(max_iters):
-        raise ValueError(f"max_iters must be an integer >= 0, got {max_iters!r}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
-    if checkpoint_every is not None and not _is_count(checkpoint_every, 1):
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
-    if steps_per_call is not None and not (_is_count(steps_per_call, 1) and steps_per_call <= MAX_STEPS_PER_CALL):
-        raise ValueError(f"steps_per_call must be an integer from 1 to {MAX_STEPS_PER_CALL}, "
-                         f"got {steps_per_call!r}")
-    if checkpoint_every is not None and checkpoint is None:
-        raise ValueError("checkpoint_every needs a checkpoint file; pass checkpoint=path")
+def _grouped(cls, name, given, **fields):
+    """``given`` (an instance of ``cls``), or ``cls`` built from the options passed one by one;
+    both at once is an error (which would win is not obvious)."""
+    loose = {k: v for k, v in fields.items() if v is not None}
+    if given is None:
+        return cls(**loose)
+    if not isinstance(given, cls):
+        raise TypeError(f"{name} must be a solvers.{cls.__name__}, got {type(given).__name__}")
+    if loose:
+        spelled = ", ".join(_SPELLED.get(k, k) for k in loose)
+        raise TypeError(f"pass {spelled} inside {name}={cls.__name__}(...) or on its own, not both")
+    return given
 
 
 def _resumed(resume, state, solver_name, fingerprint):
@@ -379,13 +381,15 @@ class _Loop:
     divergence keeps, ``before`` the previous call's ``(start state, iterations)`` for
     :func:`_replay`."""
 
-    def __init__(self, step, names, problem, state, it, history, callback, target_loss, tol):
+    def __init__(self, step, names, problem, state, it, history, callback, budget):
         self.step, self.names, self.problem = step, names, problem
         self.state, self.it, self.history, self.callback = state, it, history, callback
-        self.target_loss, self.tol = target_loss, tol
+        self.target_loss, self.tol = budget.target_loss, budget.tol
+        self.max_iters, self.max_seconds = budget.max_iters, budget.max_seconds
         self.status, self.diverged_at, self.keep, self.before = "max_iters", None, None, None
 
-    def run(self, max_iters, max_seconds, checkpoint_every, steps_per_call, stop, bar, save, start):
+    def run(self, checkpoint_every, steps_per_call, stop, bar, save, start):
+        max_iters, max_seconds = self.max_iters, self.max_seconds
         per_call = 1  # iterations of the next call: the first runs one, then _next_call
         while self.it < max_iters and self.status == "max_iters":
             n = min(per_call, max_iters - self.it)

@@ -152,6 +152,13 @@ BAD_SOLVES = {
     "checkpoint_every 0": (dict(checkpoint_every=0, checkpoint="x.npz"), "checkpoint_every must be a positive"),
     "steps_per_call 0": (dict(steps_per_call=0), "steps_per_call must be an integer from 1 to"),
     "steps_per_call too many": (dict(steps_per_call=10_000), "steps_per_call must be an integer from 1 to"),
+    "max_seconds 0": (dict(max_seconds=0), "max_seconds must be positive"),
+    "tol not a number": (dict(tol="1e-3"), "tol must be a number"),
+    "checkpoint not a path": (dict(checkpoint=3), "checkpoint path must be a file path"),
+    "budget and max_iters": (dict(budget=solvers.Budget(10)), "pass max_iters inside budget=Budget"),
+    "budget of the wrong type": (dict(max_iters=None, budget={"max_iters": 3}), "budget must be a solvers.Budget"),
+    "checkpoints and checkpoint": (dict(checkpoints=solvers.Checkpoints("a.npz"), checkpoint_every=2),
+                                   "pass checkpoint_every inside checkpoints=Checkpoints"),
 }
 
 
@@ -164,6 +171,20 @@ def test_bad_solve_arguments_fail_before_compiling(case):
         solvers.solve(GD, PROBLEM, kwargs.pop("controls"), progress=False,
                       **kwargs)
     assert len(_COMPILES) == n
+
+
+def test_the_configuration_objects_and_the_options_one_by_one_are_the_same_solve(tmp_path):
+    loose = solvers.solve(GD, PROBLEM, C0, max_iters=7, target_loss=1e-9, checkpoint=tmp_path / "a.npz",
+                          checkpoint_every=3, progress=False)
+    grouped = solvers.solve(GD, PROBLEM, C0, budget=solvers.Budget(max_iters=7, target_loss=1e-9),
+                            checkpoints=solvers.Checkpoints(tmp_path / "b.npz", every=3), progress=False)
+    assert loose.status == grouped.status == "max_iters"
+    assert leaves_equal(loose.controls, grouped.controls)
+    np.testing.assert_array_equal(loose.history["loss"], grouped.history["loss"])
+    assert (tmp_path / "a.npz").exists() and (tmp_path / "b.npz").exists()
+    resumed = solvers.solve(GD, PROBLEM, C0, budget=solvers.Budget(9),
+                            checkpoints=solvers.Checkpoints(resume=tmp_path / "b.npz"), progress=False)
+    assert len(resumed.history["loss"]) == 9 and resumed.info["resumed_from"] == 7
 
 
 # -- 2. divergence ----------------------------------------------------------------------------------
