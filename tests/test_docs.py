@@ -1,0 +1,58 @@
+"""The documentation describes what is: its code examples run as written."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import controlnet as cn
+import solvers
+from solvers.gd import GDState
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _python_blocks(path):
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_the_extension_examples_of_the_architecture_document_work():
+    blocks = _python_blocks(DOCS / "architecture.md")
+    assert len(blocks) == 3, "a field, an integrator and a solver"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2))
+    ns = dict(dataclasses=dataclasses, ClassVar=ClassVar, jax=jax, jnp=jnp, cn=cn, GDState=GDState,
+              x=x, y=(np.linalg.norm(x, axis=1) > 1.0).astype(float))
+    for block in blocks:
+        exec(compile(block, "architecture.md", "exec"), ns)
+    problem = ns["problem"]
+    c = problem.init_controls(jax.random.PRNGKey(0))
+    # The new field through the adjoint: its gradient is jax.grad's.
+    _, g, _, _ = cn.gradient(problem, c)
+    want = jax.grad(lambda c: cn.objective(problem, c)[0])(c)
+    for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # The new integrator is second order: halving h quarters the error (a linear field).
+    heun = ns["Heun"]()
+    f = lambda z, th: -z  # noqa: E731
+    err = [abs(float(jnp.exp(-1.0) - _integrate(heun, f, n))) for n in (20, 40)]
+    assert 3.6 < err[0] / err[1] < 4.4, err
+    # The new solver runs through solve and lowers J.
+    r = solvers.solve(ns["SignGD"](1e-2), problem, c, max_iters=20, progress=False)
+    assert r.status == "max_iters" and r.history["loss"][-1] < r.history["loss"][0]
+    r = solvers.solve(solvers.GradientDescent(optax.adam(1e-2)), problem, c, max_iters=5, progress=False)
+    assert np.all(np.isfinite(r.history["loss"]))
+
+
+def _integrate(integrator, f, n):
+    z = jnp.ones(())
+    for _ in range(n):
+        z = integrator.step(f, z, None, 1.0 / n)
+    return z
