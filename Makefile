@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= runs/demo
 
-.PHONY: demo test test-slow test-all bench bench-inner wheel-check clean
+.PHONY: demo test test-slow test-all docs bench bench-inner wheel-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadscope
+
+# The documentation site, built offline into site/ (API pages from the docstrings, the
+# notebooks as pages); --strict turns every warning (a broken link, a docstring parameter
+# that is not in the signature) into a failure.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict -d site
 
 # `make bench`: the peers (diffrax, equinox, torch, torchdiffeq) live in their own venv, never in
 # the library's dependencies. Writes benchmarks/results.json and prints the ratio tables.
@@ -62,4 +68,4 @@ wheel-check: $(STAMP)
 		assert all('site-packages' in m.__file__ for m in (controlnet, controlnet_cli, problems, solvers)), controlnet.__file__; print('wheel OK:', controlnet.__file__)"
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(WHEEL_VENV) dist runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(WHEEL_VENV) dist runs site .pytest_cache

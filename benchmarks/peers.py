@@ -21,7 +21,11 @@ contender computes the same ``J`` (checked: their initial losses agree) and take
 - ``jax scan (d,S), 64 per call``: the closed-over ``(d,S)`` scan, ``PER_CALL`` steps in one
   ``fori_loop`` per call: the hand-written counterpart of the ``controlnet`` row;
 - ``diffrax``: ``diffeqsolve`` with fixed-step ``Euler`` (``dt0 = h``), the piecewise-constant
-  control looked up by step index, an equinox module, ``eqx.filter_value_and_grad``;
+  control looked up by step index, an equinox module, ``eqx.filter_value_and_grad``, three
+  ways: as a first attempt writes it (states ``(S, d)``, diffrax's default adjoint, binomial
+  checkpointing); as a careful user configures it (states ``(d, S)``,
+  ``RecursiveCheckpointAdjoint(checkpoints=N+1)``: every step kept), one step per call; and
+  that, ``PER_CALL`` steps in one ``fori_loop`` per call, as controlnet's driver runs;
 - ``pytorch``: a plain Python loop over layers, ``torch.optim.Adam``;
 - ``torchdiffeq``: ``odeint(method="euler", step_size=h)``, and ``odeint_adjoint`` (its
   continuous adjoint, also Euler).
@@ -55,6 +59,10 @@ TORCH_THREADS = 1
 # Iterations per compiled call of the "controlnet" row and of the looped hand scan: what
 # solvers.solve reaches on the reference problem (calls of up to about CALL_SECONDS).
 PER_CALL = 64
+#: The rows that are other libraries (the hand-written scans are baselines, not peers), and
+#: diffrax at its best: feature-major states, every step kept, looped like the driver.
+PEERS = ("diffrax", "pytorch", "torchdiffeq")
+DIFFRAX_BEST = f"diffrax (d,S), checkpoints=N+1, {PER_CALL} per call"
 REFERENCE = dict(samples=1000, width=3, layers=50, horizon=5.0, l2=1e-3, readout_l2=1e-3, lr=1e-2)
 
 
@@ -200,7 +208,14 @@ def jax_scan(problem, arrays, feature_major, data_as_args=False, per_call=1):
     return run, compile_s
 
 
-def diffrax_euler(problem, arrays):
+def diffrax_euler(problem, arrays, feature_major=False, checkpoints=None, per_call=1):
+    """diffrax's ``diffeqsolve`` with fixed-step Euler, the control looked up by step index.
+
+    ``feature_major``: states ``(d, S)`` (``W @ z``, the layout controlnet's scans use) instead
+    of ``(S, d)``; ``checkpoints``: ``RecursiveCheckpointAdjoint(checkpoints=...)`` (``N + 1``
+    keeps every step, no recomputation) instead of diffrax's default (binomial checkpointing
+    with about ``log N`` checkpoints); ``per_call``: steps per jitted call, in one ``fori_loop``.
+    """
     import diffrax
     import equinox as eqx
     import jax
@@ -210,6 +225,8 @@ def diffrax_euler(problem, arrays):
     r = REFERENCE
     N, T = r["layers"], r["horizon"]
     h = T / N
+    adjoint = (diffrax.RecursiveCheckpointAdjoint() if checkpoints is None
+               else diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints))
 
     class Net(eqx.Module):
         W: jax.Array
@@ -219,30 +236,45 @@ def diffrax_euler(problem, arrays):
 
         def field(self, t, z, args):
             k = jnp.clip(jnp.round(t / h).astype(jnp.int32), 0, N - 1)  # control piecewise constant
+            if feature_major:
+                return jnp.tanh(self.W[k] @ z + self.b[k][:, None])
             return jnp.tanh(z @ self.W[k].T + self.b[k])
 
         def __call__(self, z0):
             sol = diffrax.diffeqsolve(diffrax.ODETerm(self.field), diffrax.Euler(), t0=0.0, t1=T,
-                                      dt0=h, y0=z0, max_steps=N + 1,
+                                      dt0=h, y0=z0, max_steps=N + 1, adjoint=adjoint,
                                       saveat=diffrax.SaveAt(t1=True))
-            return sol.ys[-1] @ self.A.T + self.c
+            zN = sol.ys[-1]
+            return (self.A @ zN + self.c[:, None])[0] if feature_major else (zN @ self.A.T + self.c)[:, 0]
 
     def loss(net, x, y):
-        s = net(x)[:, 0]
+        s = net(x)
         data = jnp.mean(jax.nn.softplus(s) - y * s)
         return (data + h * 0.5 * r["l2"] * (jnp.sum(net.W**2) + jnp.sum(net.b**2))
                 + 0.5 * r["readout_l2"] * (jnp.sum(net.A**2) + jnp.sum(net.c**2)))
 
     net = Net(*(jnp.asarray(arrays[k]) for k in "WbAc"))
     x = jnp.asarray(np.asarray(problem.z0()))
+    x = x.T if feature_major else x
     y = jnp.asarray(np.asarray(problem.y), jnp.float32)
     opt = optax.adam(r["lr"])
 
-    @eqx.filter_jit
-    def step(net, opt_state):
+    def one(net, opt_state):
         J, g = eqx.filter_value_and_grad(loss)(net, x, y)
         updates, opt_state = opt.update(g, opt_state, net)
         return eqx.apply_updates(net, updates), opt_state, J
+
+    @eqx.filter_jit
+    def step(net, opt_state):
+        if per_call == 1:
+            return one(net, opt_state)
+
+        def body(i, c):  # per_call steps in one fori_loop; J of the first
+            n, s, J0 = c
+            n, s, J = one(n, s)
+            return n, s, jnp.where(i == 0, J, J0)
+
+        return jax.lax.fori_loop(0, per_call, body, (net, opt_state, jnp.zeros((), jnp.float32)))
 
     state = [net, opt.init(eqx.filter(net, eqx.is_array))]
     t0 = time.perf_counter()
@@ -253,6 +285,7 @@ def diffrax_euler(problem, arrays):
         state[0], state[1], J = step(*state)
         return _block(J)
 
+    run.steps = per_call
     return run, compile_s
 
 
@@ -341,7 +374,7 @@ def torchdiffeq_euler(problem, arrays, adjoint):
 def contenders(problem, arrays, include_peers=True):
     """``{name: thunk}``; a thunk builds the contender and returns ``(run, compile_s[, J0])``;
     ``run()`` takes one step and returns the loss of the incoming iterate."""
-    k = PER_CALL
+    k, N = PER_CALL, REFERENCE["layers"]
     out = {
         "controlnet": lambda: controlnet_gd(problem, per_call=k),
         "controlnet, 1 per call": lambda: controlnet_gd(problem),
@@ -353,7 +386,10 @@ def contenders(problem, arrays, include_peers=True):
     }
     if include_peers:
         out.update({
-            "diffrax": lambda: diffrax_euler(problem, arrays),
+            "diffrax (S,d), default adjoint": lambda: diffrax_euler(problem, arrays),
+            "diffrax (d,S), checkpoints=N+1": lambda: diffrax_euler(problem, arrays, True, N + 1),
+            f"diffrax (d,S), checkpoints=N+1, {k} per call":
+                lambda: diffrax_euler(problem, arrays, True, N + 1, per_call=k),
             "pytorch": lambda: pytorch_loop(problem, arrays),
             "torchdiffeq (euler)": lambda: torchdiffeq_euler(problem, arrays, adjoint=False),
             "torchdiffeq (euler, adjoint)": lambda: torchdiffeq_euler(problem, arrays, adjoint=True),
@@ -425,8 +461,12 @@ def run_peers(rounds=60, per_round=5, include_peers=True, log=print) -> dict:
             "steps_timed": len(ts),
         }
     ratio = lambda n: table[n]["ratio_paired"] if n in table else None  # noqa: E731
+    peers = [n for n in table if n.startswith(PEERS)]
+    best = min(peers, key=lambda n: table[n]["ratio_paired"]) if peers else None
     targets = {
-        "gd_le_1.0x_diffrax": None if ratio("diffrax") is None else ratio("diffrax") >= 1.0,
+        "gd_le_1.0x_best_peer": None if best is None else table[best]["ratio_paired"] >= 1.0,
+        # The moonshot: twice as fast as diffrax configured at its best and looped like the driver.
+        "gd_ge_2x_diffrax_best_looped": None if ratio(DIFFRAX_BEST) is None else ratio(DIFFRAX_BEST) >= 2.0,
         "gd_le_1.1x_hand_scan_(S,d)": ratio("jax scan (S,d)") >= 1 / 1.1,
         "gd_le_1.1x_hand_scan_(d,S)": ratio("jax scan (d,S)") >= 1 / 1.1,
         "gd_le_1.1x_hand_scan_(d,S)_data_as_args": ratio("jax scan (d,S), data as args") >= 1 / 1.1,
@@ -445,6 +485,8 @@ def run_peers(rounds=60, per_round=5, include_peers=True, log=print) -> dict:
                               "round medians; the targets use it)"},
         "machine": _machine(),
         "steps": table,
+        "best_peer": best,
+        "best_peer_ratio": None if best is None else table[best]["ratio_paired"],
         "missing": missing,
         "targets": targets,
         "jax_version": jax.__version__,
@@ -527,15 +569,15 @@ def print_table(res: dict, out=sys.stdout) -> None:
     print(f"\nOne Adam step, reference problem ({REFERENCE['samples']} points, width "
           f"{REFERENCE['width']}, {REFERENCE['layers']} layers), median of "
           f"{res['protocol']['rounds'] * res['protocol']['per_round']} interleaved steps:", file=out)
-    print(f"{'contender':32s} {'median ms':>10s} {'p10 ms':>8s} {'p90 ms':>8s} {'compile s':>10s}"
+    print(f"{'contender':46s} {'median ms':>10s} {'p10 ms':>8s} {'p90 ms':>8s} {'compile s':>10s}"
           f" {'x controlnet':>13s} {'x (p10)':>8s} {'x paired':>9s} {'J0':>9s}", file=out)
     for name, r in steps.items():
-        print(f"{name:32s} {r['median_ms']:10.3f} {r['p10_ms']:8.3f} {r['p90_ms']:8.3f} "
+        print(f"{name:46s} {r['median_ms']:10.3f} {r['p10_ms']:8.3f} {r['p90_ms']:8.3f} "
               f"{r['compile_s']:10.2f} {r['ratio_to_controlnet']:13.2f} {r['ratio_p10_to_controlnet']:8.2f} "
               f"{r['ratio_paired']:9.2f} "
               f"{r['initial_loss']:9.5f}", file=out)
     for name, why in res["missing"].items():
-        print(f"{name:32s} {why}", file=out)
+        print(f"{name:46s} {why}", file=out)
     print("targets:", json.dumps(res["targets"]), file=out)
 
 

@@ -70,7 +70,8 @@ class ControlProblem:
             for images; the initial states are ``λ1(x)``, shape ``(S, d, *space)``.
         y: labels or targets, one per sample.
         T: time horizon (the depth of the network in time units), ``h = T/N``.
-        l2, l1: weights ``α``, ``α₁`` of the running cost ``R``.
+        l2: weight ``α`` of the running cost ``R``'s ``(1/2)‖θ‖²``.
+        l1: weight ``α₁`` of the running cost ``R``'s ``‖θ‖₁``.
         smoothness: weight ``β`` of the H¹-in-time coupling between layers.
         tracking: weight ``γ`` of the running loss at every layer.
         readout_l2: weight ``α_w`` on the read-out parameters.

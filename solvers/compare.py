@@ -76,7 +76,8 @@ def compare(problem: cn.ControlProblem, solvers, controls: cn.Controls, *, optio
         solvers: names in :data:`solvers.SOLVERS`, solver objects (labelled by their ``name``),
             or a dict label → name or object.
         options: per solver name, keyword options for :func:`solvers.make_solver`.
-        max_iters, max_seconds: the budget of *each* solve.
+        max_iters: the iteration budget of *each* solve.
+        max_seconds: the time budget of *each* solve.
         target_loss: the loss level for the time-to-target columns (default ``J(θ⁰)/10``).
         seed: the solvers' PRNG seed (minibatches), the same for all.
         test: optional held-out ``(x, y)`` for ``test_accuracy``.

@@ -270,7 +270,8 @@ class Direct:
         tol: IPOPT's tolerance on the scaled KKT error (``solve(tol=...)`` overrides it).
         warm_multipliers: start the multipliers at ``λ_k = −p_{k+1}`` from the adjoint module
             at the initial controls (multiple shooting), so a warm start is warm in the duals too.
-        max_variables, max_nonzeros: the size guard's limits (:meth:`check_size`).
+        max_variables: the size guard's limit on the NLP's variables (:meth:`check_size`).
+        max_nonzeros: its limit on the nonzeros of the Jacobian and the Hessian.
         verbose: show IPOPT's own output.
         ipopt: further IPOPT options (they override the defaults), e.g. ``{"mu_strategy": "adaptive"}``.
     """

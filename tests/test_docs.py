@@ -56,3 +56,20 @@ def _integrate(integrator, f, n):
     for _ in range(n):
         z = integrator.step(f, z, None, 1.0 / n)
     return z
+
+
+def test_the_documentation_site_builds_strictly(tmp_path):
+    """``make docs``'s build: mkdocs --strict fails on any warning (a broken link between pages,
+    a docstring parameter that is not in the signature, a page missing from the navigation)."""
+    import os
+    import subprocess
+    import sys
+
+    root = DOCS.parent
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                         cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    api = (tmp_path / "site" / "api" / "solvers" / "index.html").read_text()
+    assert "Budget" in api and "ExtendedMSA" in api and ":class:" not in api
+    assert (tmp_path / "site" / "notebooks" / "09_cnn_as_an_ode" / "index.html").exists()
