@@ -48,6 +48,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.peers
 	$(BENCH_VENV)/bin/python -m benchmarks.scaling
 	$(BENCH_VENV)/bin/python -m benchmarks.conv_peers
+	$(BENCH_VENV)/bin/python -m benchmarks.report
 
 # E-MSA's inner steps against wall time (four problems, five seeds; about six minutes).
 bench-inner: $(BENCH_STAMP)

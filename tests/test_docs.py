@@ -51,6 +51,20 @@ def test_the_extension_examples_of_the_architecture_document_work():
     assert np.all(np.isfinite(r.history["loss"]))
 
 
+def test_the_solve_example_of_the_usage_page_works(tmp_path, monkeypatch):
+    import problems
+
+    block = next(b for b in _python_blocks(DOCS / "usage.md") if "solvers.Budget" in b)
+    task = problems.make("ring", samples=40, layers=4)
+    monkeypatch.chdir(tmp_path)
+    ns = dict(solvers=solvers, problem=task.problem, task=task,
+              controls=task.problem.init_controls(jax.random.PRNGKey(0)))
+    exec(compile(block.replace("max_iters=2000", "max_iters=30"), "usage.md", "exec"), ns)
+    r = ns["result"]
+    assert r.status == "max_iters" and len(r.history["loss"]) == 30 and "test_accuracy" in r.info
+    assert (tmp_path / "run.npz").exists()
+
+
 def _integrate(integrator, f, n):
     z = jnp.ones(())
     for _ in range(n):
@@ -73,3 +87,12 @@ def test_the_documentation_site_builds_strictly(tmp_path):
     api = (tmp_path / "site" / "api" / "solvers" / "index.html").read_text()
     assert "Budget" in api and "ExtendedMSA" in api and ":class:" not in api
     assert (tmp_path / "site" / "notebooks" / "09_cnn_as_an_ode" / "index.html").exists()
+
+
+def test_the_benchmark_page_and_the_readme_speed_table_are_those_of_results_json():
+    """docs/benchmarks.md and the README's speed table are written from benchmarks/results.json
+    (``python -m benchmarks.report``); a number edited by hand, or a results.json rewritten
+    without them, fails here."""
+    from benchmarks import report
+
+    assert report.main(["--check"]) == 0
