@@ -108,7 +108,7 @@ def inner_step_cost(med, how):
 
 def time_to_target(target: float = 0.05, max_iters: int = 3000, repeats: int = 7, seeds=(0, 1, 2)):
     """Iterations and wall time (compile excluded) for E-MSA and Adam to reach ``J <= target``
-    on the reference problem, from the same controls (issue 8's "E-MSA made practical"), for
+    on the reference problem, from the same controls, for
     the initial controls of each seed (seed 0 is the reference start).
 
     Each solve is short (a tenth of a second), so the solvers run ``repeats`` times in turn
@@ -191,7 +191,7 @@ def sin_regression(iters: int):
 
 
 def run(rounds: int = 20, iters: int = 200) -> dict:
-    """All three parts, with issue 8's E-MSA targets checked (``benchmarks.peers`` stores it)."""
+    """All three parts, with the E-MSA targets checked (``benchmarks.peers`` stores it)."""
     steps = cost(rounds)
     ttt = time_to_target()
     sin = sin_regression(iters)

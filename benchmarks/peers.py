@@ -16,8 +16,8 @@ contender computes the same ``J`` (checked: their initial losses agree) and take
 - ``jax scan (d,S)``: the same, states feature-major ``W @ z`` (the layout question);
 - ``jax scan (d,S), data as args``: the same, with the data passed to the jitted step as
   arguments (as controlnet takes them: one compile serves every data set) instead of closed over
-  as compile-time constants; the like-for-like baseline. The issue's 1.1× target is checked
-  against the closed-over scan above;
+  as compile-time constants; the like-for-like baseline. The 1.1× target is checked against
+  the closed-over scan above;
 - ``jax scan (d,S), 64 per call``: the closed-over ``(d,S)`` scan, ``PER_CALL`` steps in one
   ``fori_loop`` per call: the hand-written counterpart of the ``controlnet`` row;
 - ``diffrax``: ``diffeqsolve`` with fixed-step ``Euler`` (``dt0 = h``), the piecewise-constant

@@ -1,7 +1,7 @@
 """Test accuracy of the convolutional ResNets: MNIST-1D and the digits as images, GD and E-MSA.
 
     python -m scripts.conv_accuracy --problem mnist1d --solvers gd,emsa --seeds 0,1,2 \
-        --epochs 48 --out runs/conv_accuracy
+        --out runs/conv_accuracy
 
 Each run starts from the seed's random controls and trains for the same number of epochs
 (passes over the training set in minibatches): gradient descent with Adam and a cosine-decayed
@@ -62,11 +62,16 @@ def main(argv=None):
     ap.add_argument("--problem", default="mnist1d", choices=("mnist1d", "digits_image"))
     ap.add_argument("--solvers", default="gd,emsa")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=float, default=48)
+    ap.add_argument("--epochs", type=float, default=None,
+                    help="passes over the training set (default: the problem's training defaults, "
+                         "problems.TRAINING: 1,500 steps of 128, 48 epochs of MNIST-1D)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--out", type=Path, default=Path("runs/conv_accuracy"))
     a = ap.parse_args(argv)
+    if a.epochs is None:
+        t = problems.training_defaults(a.problem)
+        a.epochs = t["iters"] * t["batch_size"] / problems.make(a.problem).problem.S
     names = a.solvers.split(",")
     for name in names:
         make_solver(name, 1, a.batch_size, a.lr)  # an unknown name fails before any training

@@ -216,7 +216,7 @@ def _value_sums(problem, data, theta, rho, method):
     return _sample_part(sums, rho) + _params_part(problem, data, theta), sums
 
 
-def _jet(name, a):
+def _sigma_derivatives(name, a):
     """``(σ(a), σ'(a), σ''(a))`` elementwise: closed forms for tanh and sigmoid (one
     transcendental per entry), forward mode otherwise."""
     if name == "tanh":
@@ -241,7 +241,7 @@ def _inner_grad_inner(problem, data, theta, rho):
     """
     h, W, b = problem.h, theta["W"], theta["b"]
     z, pn = data.z, data.p_next
-    s0, s1, s2 = _jet(problem.dynamics.activation, jnp.einsum("ned,nds->nes", W, z) + b[..., None])
+    s0, s1, s2 = _sigma_derivatives(problem.dynamics.activation, jnp.einsum("ned,nds->nes", W, z) + b[..., None])
     u = s1 * pn
     r1 = data.z_next - z - h * s0
     r2 = data.target - pn - h * jnp.einsum("ned,nes->nds", W, u)
@@ -259,7 +259,7 @@ def _inner_grad_outer(problem, data, theta, rho):
     """
     h, W, b = problem.h, theta["W"], theta["b"]
     z, pn = data.z, data.p_next
-    sz, s1, _ = _jet(problem.dynamics.activation, z)
+    sz, s1, _ = _sigma_derivatives(problem.dynamics.activation, z)
     r1 = data.z_next - z - h * (jnp.einsum("nde,nes->nds", W, sz) + b[..., None])
     r2 = data.target - pn - h * s1 * jnp.einsum("nde,nds->nes", W, pn)
     q = h * (pn + rho * r1)
@@ -277,7 +277,7 @@ def _inner_grad_two_layer(problem, data, theta, rho):
     """
     h, A, a, B = problem.h, theta["A"], theta["a"], theta["B"]
     z, pn = data.z, data.p_next
-    sq, s1, s2 = _jet(problem.dynamics.activation, jnp.einsum("nmd,nds->nms", A, z) + a[..., None])
+    sq, s1, s2 = _sigma_derivatives(problem.dynamics.activation, jnp.einsum("nmd,nds->nms", A, z) + a[..., None])
     v = jnp.einsum("ndm,nds->nms", B, pn)
     u = s1 * v
     r1 = data.z_next - z - h * jnp.einsum("ndm,nms->nds", B, sq)
@@ -400,7 +400,7 @@ def _hessian_inner(problem, data, rho):
     h, W, b = problem.h, data.theta["W"], data.theta["b"]
     N, d, S = data.z.shape
     z, pn = data.z, data.p_next
-    _, s1, s2 = _jet(problem.dynamics.activation, jnp.einsum("ned,nds->nes", W, z) + b[..., None])
+    _, s1, s2 = _sigma_derivatives(problem.dynamics.activation, jnp.einsum("ned,nds->nes", W, z) + b[..., None])
     zt = jnp.concatenate([z, jnp.ones_like(z[:, :1])], 1)  # (N, d+1, S)
     alpha, beta = s1 * pn, s2 * pn
     y = (beta[:, :, None] * zt[:, None]).reshape(N, d * (d + 1), S)  # β_e z̃_c
@@ -430,7 +430,7 @@ def _hessian_outer(problem, data, rho):
     """
     h = problem.h
     N, d, S = data.z.shape
-    sz, s1, _ = _jet(problem.dynamics.activation, data.z)
+    sz, s1, _ = _sigma_derivatives(problem.dynamics.activation, data.z)
     st = jnp.concatenate([sz, jnp.ones_like(sz[:, :1])], 1)  # (N, d+1, S)
     gram = jnp.einsum("ncs,nks->nck", st, st) / S
     pp = jnp.einsum("ncs,nes,nfs->ncef", s1 * s1, data.p_next, data.p_next) / S  # [c, e, e']
