@@ -43,8 +43,11 @@ the library's vector fields (``σ(Wz+b)``, ``Wσ(z)+b``, ``Bσ(Az+a)``) it is co
 form (formulas in :func:`_inner_grad_inner`, :func:`_inner_grad_outer`,
 :func:`_inner_grad_two_layer`), with the layers batched and the samples on the *last* axis,
 ``(N, d, S)``: with states of width 3 that layout is many times faster on CPU than ``(…, S, d)``.
-Any other integrator or vector field uses ``jax.grad`` of the same objective
-(``inner_gradient="autodiff"`` forces it; tests check both agree).
+Any other integrator or vector field (the convolutional ones among them) takes the same
+gradient by automatic differentiation, one ``jax.jvp`` of the step under one ``jax.grad``
+(:func:`_autodiff_value_grad_sums`; ``inner_gradient="autodiff"`` forces it; tests check it
+against the closed forms and against ``jax.grad`` of the objective), at about the cost of one
+gradient step per inner step.
 
 Couplings between layers, handled explicitly:
 
