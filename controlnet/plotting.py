@@ -89,6 +89,24 @@ def _input_box(x, margin=0.15):
     return lo - pad, hi + pad
 
 
+def _grid_states(problem, controls, lines: int, points: int):
+    """Grid lines ``x₁ = const`` and ``x₂ = const`` over the data's bounding box (2-D inputs),
+    lifted and moved by the flow: ``(N+1, 2·lines, points, d)``."""
+    from .lift import lift
+    from .state import forward
+
+    x = np.asarray(problem.x)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"the grid of the input plane needs 2-D inputs, got data of shape {x.shape[1:]}")
+    (x0, y0), (x1, y1) = _input_box(x)
+    s = np.linspace(0.0, 1.0, points)
+    grid = [np.stack([np.full(points, a), y0 + s * (y1 - y0)], 1) for a in np.linspace(x0, x1, lines)]
+    grid += [np.stack([x0 + s * (x1 - x0), np.full(points, b)], 1) for b in np.linspace(y0, y1, lines)]
+    g = np.concatenate(grid)
+    zg = np.asarray(forward(problem, controls.theta, z0=lift(g.astype(x.dtype), problem.width)))
+    return zg.reshape(zg.shape[0], 2 * lines, points, -1)
+
+
 def plot_flow_grid(problem, controls, layers=None, *, lines: int = 11, points: int = 60,
                    title: str | None = None):
     """The data and a grid of the input plane pushed through the layers (2-D inputs).
@@ -97,20 +115,11 @@ def plot_flow_grid(problem, controls, layers=None, *, lines: int = 11, points: i
     moved by the same flow ``z_{k+1} = Ψ_h(z_k, θ_k)`` as the data; states of width 3 or more
     are drawn in 3-D (first three coordinates).
     """
-    from .lift import lift
     from .state import forward
 
     x = np.asarray(problem.x)
-    if x.shape[1] != 2:
-        raise ValueError(f"plot_flow_grid needs 2-D inputs, got {x.shape[1]}-D data")
-    (x0, y0), (x1, y1) = _input_box(x)
-    s = np.linspace(0.0, 1.0, points)
-    grid = [np.stack([np.full(points, a), y0 + s * (y1 - y0)], 1) for a in np.linspace(x0, x1, lines)]
-    grid += [np.stack([x0 + s * (x1 - x0), np.full(points, b)], 1) for b in np.linspace(y0, y1, lines)]
-    g = np.concatenate(grid)
-    zg = np.asarray(forward(problem, controls.theta, z0=lift(g.astype(x.dtype), problem.width)))
+    zg = _grid_states(problem, controls, lines, points)
     zs = np.asarray(forward(problem, controls.theta))
-    zg = zg.reshape(zg.shape[0], 2 * lines, points, -1)
     y = np.asarray(problem.y).reshape(len(x), -1)[:, 0]
     N = zs.shape[0] - 1
     layers = layer_choice(N) if layers is None else list(layers)
@@ -344,3 +353,113 @@ def plot_feature_maps(zs, sample: int = 0, layers=None, *, T: float | None = Non
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def animate_flow(zs, y=None, *, grid=None, T: float | None = None, title: str | None = None, interval: int = 120):
+    """The data moving through the layers as a film: one frame per layer ``k = 0..N``.
+
+    ``zs (N+1, S, d)``: the samples coloured by ``y``, in the plane (``d ≤ 2``) or in 3-D (first
+    three coordinates); ``grid``: the moving grid of the input plane, ``(N+1, lines, points, d)``
+    (what :func:`plot_flow_grid` draws, from ``_grid_states``). States with channels and space
+    ``(N+1, S, C, L)`` show sample 0's feature maps. Returns a
+    ``matplotlib.animation.FuncAnimation``; :func:`save_animation` writes it.
+    """
+    from matplotlib.animation import FuncAnimation
+
+    zs = np.asarray(zs)
+    N = zs.shape[0] - 1
+    label = lambda k: f"layer {k}" + (f", t = {k * T / N:.2g}" if T is not None else "")  # noqa: E731
+    if zs.ndim == 4:  # (N+1, S, C, L): sample 0's channels × positions
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        lim = float(np.max(np.abs(zs[:, 0])))
+        im = ax.imshow(zs[0, 0], aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_xlabel("position")
+        ax.set_ylabel("channel")
+
+        def frame(k):
+            im.set_data(zs[k, 0])
+            ax.set_title(label(k))
+            return (im,)
+    elif zs.ndim == 3:
+        d = zs.shape[-1]
+        three = d >= 3
+        fig = plt.figure(figsize=(4.2, 4.2))
+        ax = fig.add_subplot(1, 1, 1, projection="3d" if three else None)
+        dims = 3 if three else 2
+        pts = zs[..., :dims] if d >= 2 else np.concatenate([zs, np.zeros_like(zs)], -1)
+        c = None if y is None else np.asarray(y).reshape(zs.shape[1], -1)[:, 0]
+        lo, hi = pts.reshape(-1, dims).min(0), pts.reshape(-1, dims).max(0)
+
+        def frame(k):
+            ax.cla()
+            if grid is not None:
+                for line in np.asarray(grid)[k]:
+                    ax.plot(*line[:, :dims].T, color="0.6", lw=0.5)
+            ax.scatter(*pts[k].T, c=c, cmap="coolwarm", s=6)
+            for setter, a, b in zip((ax.set_xlim, ax.set_ylim, getattr(ax, "set_zlim", None)), lo, hi):
+                pad = 0.05 * (b - a) + 1e-9
+                setter(a - pad, b + pad)
+            ax.set_title(label(k), fontsize=10)
+            return ()
+    else:
+        raise ValueError(f"animate_flow draws states (N+1, S, d) or (N+1, S, C, L), got shape {zs.shape}")
+    if title:
+        fig.suptitle(title)
+    return FuncAnimation(fig, frame, frames=N + 1, interval=interval, blit=False)
+
+
+def save_animation(anim, path, fps: int = 8):
+    """Write ``anim`` as a GIF (Pillow, a matplotlib dependency) to ``path``, whole or not at all."""
+    import pathlib
+    import tempfile
+
+    from matplotlib.animation import PillowWriter
+
+    from .io import atomic_write
+
+    path = pathlib.Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"save_animation writes GIF files; name the file *.gif, got {path.name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = pathlib.Path(tmp) / "film.gif"
+        anim.save(frames, writer=PillowWriter(fps=fps))
+        data = frames.read_bytes()
+    atomic_write(path, lambda f: f.write(data))
+    plt.close(anim._fig)
+    return path
+
+
+def plot_critical_points(F, points, lower, upper, *, resolution: int = 200, title: str | None = None):
+    """The scalar map ``F`` over the box ``[lower, upper]`` (1-D: its graph; 2-D: its contours and
+    the sign of ``F``, the decision regions of a score) with its critical points
+    (:func:`controlnet.diagnostics.critical_points`) marked by index: minima ▲, maxima ▼,
+    saddles ◆, degenerate ones hollow."""
+    import jax
+
+    lower, upper = np.atleast_1d(lower), np.atleast_1d(upper)
+    Fv = jax.jit(jax.vmap(F))
+    marker = lambda cp, n: "^" if cp.index == 0 else ("v" if cp.index == n else "D")  # noqa: E731
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if lower.size == 1:
+        xs = np.linspace(lower[0], upper[0], resolution)
+        ax.plot(xs, np.asarray(Fv(xs[:, None])), color="k", lw=1)
+        for cp in points:
+            ax.plot(cp.x[0], cp.value, marker(cp, 1), ms=9, color="C3", mfc="none" if cp.degenerate else "C3")
+        ax.set_xlabel("x")
+        ax.set_ylabel("F(x)")
+    elif lower.size == 2:
+        a, b = np.meshgrid(*(np.linspace(lo, hi, resolution) for lo, hi in zip(lower, upper)), indexing="xy")
+        v = np.asarray(Fv(np.stack([a.ravel(), b.ravel()], 1))).reshape(a.shape)
+        ax.contourf(a, b, v > 0, levels=[-0.5, 0.5, 1.5], colors=["#c6dbef", "#fcbba1"], alpha=0.7)
+        ax.contour(a, b, v, levels=15, colors="0.4", linewidths=0.5)
+        for cp in points:
+            ax.plot(*cp.x, marker(cp, 2), ms=9, color="k", mfc="none" if cp.degenerate else "k")
+        ax.set_aspect("equal")
+    else:
+        raise ValueError(f"plot_critical_points draws maps of 1 or 2 inputs, got {lower.size}")
+    ax.set_title(title or f"{len(points)} critical point{'' if len(points) == 1 else 's'}")
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["animate_flow", "save_animation", "plot_critical_points"]

@@ -71,6 +71,9 @@ def _train_parser(sub):
     _add_msa_options(p)
     p.add_argument("--out", type=Path, help="output directory (default: the --resume directory)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
+    p.add_argument("--animate", action="store_true",
+                   help="also write flow.gif: the data moving through the layers, one frame per layer "
+                        "(with the grid of the input plane for 2-D inputs)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="K",
                    help="save the whole solver state to OUT/checkpoint.npz every K iterations "
                         "(it is also saved on Ctrl-C and at the end)")
@@ -141,7 +144,7 @@ def _add_msa_options(p):
 
 
 #: ``train`` options that may change between a run and its resumption (budget and output).
-_RUN_OPTIONS = ("command", "handler", "out", "resume", "checkpoint_every", "iters", "seconds", "quiet")
+_RUN_OPTIONS = ("command", "handler", "out", "resume", "checkpoint_every", "iters", "seconds", "quiet", "animate")
 
 
 def _train_config(args) -> dict:
@@ -200,10 +203,11 @@ def _train(args):
                                checkpoint_every=args.checkpoint_every,
                                resume=resume, checkpoint_meta={"cli": _train_config(args)})
         result.save(out)
-        _save_pictures(out, task, result)
+        _save_pictures(out, task, result, animate=args.animate)
     summary = {k: result.info[k] for k in ("loss", "accuracy", "test_accuracy", "iterations", "wall_time") if k in result.info}
     print(to_json({"status": result.status, **summary}))
-    print(f"wrote {out}/result.json, {'' if one_solve else 'checkpoint.npz, '}flow.png, loss.png")
+    print(f"wrote {out}/result.json, {'' if one_solve else 'checkpoint.npz, '}flow.png, loss.png"
+          + (", flow.gif" if args.animate else ""))
     if result.diverged:
         print(f"controlnet: error: {result.info['solver']} diverged at iteration "
               f"{result.info['diverged_at']} (non-finite loss, gradient or iterate); the last "
@@ -216,7 +220,7 @@ def _train(args):
     return 0
 
 
-def _save_pictures(out: Path, task, result):
+def _save_pictures(out: Path, task, result, animate: bool = False):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,6 +239,10 @@ def _save_pictures(out: Path, task, result):
         fig = plotting.plot_flow(zs, problem.y, T=float(problem.T),
                                  title=f"{task.name}: data through the layers ({result.info['solver']})")
     _save_fig(fig, out / "flow.png")
+    if animate:
+        grid = plotting._grid_states(problem, controls, 11, 60) if problem.x.ndim == 2 and problem.x.shape[1] == 2 else None
+        plotting.save_animation(plotting.animate_flow(zs, problem.y, grid=grid, T=float(problem.T),
+                                                      title=f"{task.name} ({result.info['solver']})"), out / "flow.gif")
     if len(result.history.get("loss", ())):
         fig = plotting.plot_history({result.info["solver"]: result.history})
         _save_fig(fig, out / "loss.png")
