@@ -463,3 +463,21 @@ def plot_critical_points(F, points, lower, upper, *, resolution: int = 200, titl
 
 
 __all__ += ["animate_flow", "save_animation", "plot_critical_points"]
+
+
+def plot_robustness(curves: dict, *, norm: str = "2", title: str | None = None):
+    """Accuracy against the attack radius ``ε``: ``curves[label] = {"eps": [...], "attacked":
+    [...], "certified": [...] (optional)}``; attacked accuracies solid, certified ones dashed in
+    the same colour (a certified accuracy is a lower bound of every attack's)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for j, (label, c) in enumerate(curves.items()):
+        ax.plot(c["eps"], c["attacked"], "o-", color=f"C{j}", ms=4, label=f"{label}: attacked")
+        if c.get("certified") is not None:
+            ax.plot(c["eps"], c["certified"], "s--", color=f"C{j}", ms=4, label=f"{label}: certified")
+    ax.set_xlabel(f"attack radius ε (ℓ{'∞' if norm == 'inf' else '2'})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    return _finish(fig, ax, title)
+
+
+__all__ += ["plot_robustness"]

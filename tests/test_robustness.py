@@ -157,3 +157,23 @@ def test_the_flow_animation_is_written_whole(tmp_path):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["flow.gif"]  # no temporary file left
     with pytest.raises(ValueError, match="GIF"):
         plotting.save_animation(anim, tmp_path / "flow.mp4")
+
+
+def test_the_robustness_study_reports_attacked_and_certified_curves():
+    from solvers.robustness_study import robustness_study
+
+    def factory():
+        out = {}
+        for label, opts in (("resnet", dict(dynamics="inner")), ("lipschitz", dict(dynamics="lipschitz", integrator="lie"))):
+            t = problems.make("two_moons", samples=40, test_samples=40, width=4, layers=4, **opts)
+            out[label] = (t.problem, t.test)
+        return out
+
+    r = robustness_study(factory, solvers.GradientDescent(optax.adam(2e-2)), [0.0, 0.1, 0.3], max_iters=30, steps=10)
+    assert set(r) == {"resnet", "lipschitz"} and "certified" not in r["resnet"]
+    lip = r["lipschitz"]
+    assert lip["attacked"][0] >= lip["attacked"][2]  # a larger ball holds every smaller attack
+    assert all(c <= a + 1e-12 for c, a in zip(lip["certified"], lip["attacked"]))
+    assert lip["empirical_lipschitz"] <= lip["lipschitz_bound"] * (1 + 1e-9)
+    with pytest.raises(ValueError, match="radii must be >= 0"):
+        robustness_study(factory, solvers.GradientDescent(optax.adam(2e-2)), [-0.1], max_iters=1)
