@@ -279,6 +279,25 @@ class LipschitzNet(SplitField):
     def substeps(self, h):
         return (self.contractive_step, self.expansive_step)
 
+    @staticmethod
+    def contractive_lipschitz(h):
+        """``max(|1 − h|, 1 − h/2)``: the exact Lipschitz constant of one contractive step of size ``h``.
+
+        Its Jacobian ``I − h AᵀDA`` (``D`` the slopes of ``σ_C``, ``½`` or ``1``) is symmetric, and
+        ``A`` orthogonal makes ``AᵀDA`` similar to ``D``: the eigenvalues are ``1 − h/2`` and
+        ``1 − h``, both attained (all pre-activations negative, or all positive). Below the
+        general strongly-monotone bound ``√(1 − h + h²)`` of :func:`lipschitz_factor`.
+        """
+        return max(abs(1.0 - h), 1.0 - 0.5 * h)
+
+    def layer_lipschitz(self, strang: bool = False) -> float:
+        """The Lipschitz bound of one layer: ``c(h_C)(1 + h_E)`` for Lie splitting,
+        ``c(h_C/2)²(1 + h_E)`` for Strang's half contractive steps, ``c`` =
+        :meth:`contractive_lipschitz` (the expansive step: ``‖I + h_E D′W‖ ≤ 1 + h_E``)."""
+        c = self.contractive_lipschitz
+        hC, hE = self.contractive_step, self.expansive_step
+        return (c(hC / 2) ** 2 if strang else c(hC)) * (1.0 + hE)
+
     def part(self, j, z, theta):
         if j == 0:
             A = orthogonal(theta["K"])

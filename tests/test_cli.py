@@ -354,3 +354,15 @@ def test_truncated_checkpoint_is_refused_by_resume(reference, tmp_path, capsys):
     (d / "checkpoint.npz").write_bytes(data[: len(data) // 2])
     code, _, err = run(RUN + ["--resume", d], capsys)
     assert_one_line_error(code, err, "the file is corrupt or not written by controlnet")
+
+
+def test_train_animate_writes_the_film_with_one_frame_per_layer(tmp_path, capsys):
+    from PIL import Image
+
+    code, out, err = run(TINY + ["--animate", "--out", tmp_path], capsys)
+    assert code == 0, err
+    assert "flow.gif" in out
+    with Image.open(tmp_path / "flow.gif") as im:
+        assert im.format == "GIF" and im.n_frames == 2 + 1  # --layers 2: layers k = 0, 1, 2
+    code, out, err = run(TINY + ["--out", tmp_path / "still"], capsys)
+    assert code == 0 and not (tmp_path / "still" / "flow.gif").exists()  # no film unless asked

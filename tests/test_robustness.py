@@ -177,3 +177,21 @@ def test_the_robustness_study_reports_attacked_and_certified_curves():
     assert lip["empirical_lipschitz"] <= lip["lipschitz_bound"] * (1 + 1e-9)
     with pytest.raises(ValueError, match="radii must be >= 0"):
         robustness_study(factory, solvers.GradientDescent(optax.adam(2e-2)), [-0.1], max_iters=1)
+
+
+def test_the_lipschitz_layer_bound_holds_and_the_contractive_constant_is_attained():
+    """Jacobian norms of one LipschitzNet layer at random points never exceed
+    ``layer_lipschitz``; the contractive step's ``1 − h_C/2`` is reached where every
+    pre-activation is negative, so the constant cannot be lowered."""
+    d, hC, hE = 4, 0.5, 0.15
+    f = cn.LipschitzNet(contractive_step=hC, expansive_step=hE)
+    theta = f.init(jax.random.PRNGKey(1), d, scale=2.0)
+    contract = lambda z: z + hC * f.part(0, z, theta)  # noqa: E731
+    layer = lambda z: (lambda u: u + hE * f.part(1, u, theta))(contract(z))  # noqa: E731
+    zs = 3.0 * jax.random.normal(jax.random.PRNGKey(2), (200, d))
+    norms = jax.vmap(lambda z: jnp.linalg.norm(jax.jacfwd(layer)(z), ord=2))(zs)
+    assert float(jnp.max(norms)) <= f.layer_lipschitz() * (1 + 1e-6)
+    A = cn.structured.orthogonal(theta["K"])
+    z_neg = jnp.linalg.solve(A, -10.0 - theta["a"])  # A z + a = -10 in every coordinate
+    assert float(jnp.linalg.norm(jax.jacfwd(contract)(z_neg), ord=2)) == pytest.approx(1 - hC / 2, rel=1e-6)
+    assert f.layer_lipschitz() < cn.lipschitz_factor(hC, hE)

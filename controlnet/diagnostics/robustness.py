@@ -24,8 +24,10 @@ cannot change within
 
 of a correctly classified ``x`` (``r = 0`` for a misclassified one). :func:`lipschitz_bound`
 bounds ``L`` for networks of :class:`~controlnet.LipschitzNet` layers: the input layer (zero
-padding: 1), the layers (``√(1 − h_C + h_C²)(1 + h_E) ≤ 1`` each, Murari et al.), and the
-read-out's spectral norm. :func:`empirical_lipschitz` is a lower estimate for any network: the
+padding: 1), the layers (:meth:`~controlnet.LipschitzNet.layer_lipschitz` each: with the
+orthogonal ``A`` the contractive step's exact constant ``max(|1 − h_C|, 1 − h_C/2)`` times
+``1 + h_E``, below the ``√(1 − h_C + h_C²)(1 + h_E) ≤ 1`` of Murari et al.), and the read-out's
+spectral norm. :func:`empirical_lipschitz` is a lower estimate for any network: the
 largest ℓ2 norm of the input-output Jacobian over the given inputs.
 """
 
@@ -41,7 +43,7 @@ from ..adjoint import backward
 from ..costs import Logistic, SoftmaxCrossEntropy
 from ..splitting import LieSplitting, StrangSplitting
 from ..state import final_state, forward
-from ..structured import LipschitzNet, lipschitz_factor
+from ..structured import LipschitzNet
 
 __all__ = ["input_gradient", "outputs", "fgsm", "pgd", "margins", "certified_radius", "lipschitz_bound",
            "empirical_lipschitz", "robust_accuracy"]
@@ -133,7 +135,7 @@ def certified_radius(problem, controls, x, y, lipschitz):
 def lipschitz_bound(problem, controls):
     """An upper bound of the ℓ2 Lipschitz constant of ``x ↦ λ2(z_N(x))`` for a network of
     :class:`~controlnet.LipschitzNet` layers with zero-padding input, integrated by Lie or
-    Strang splitting: ``factor^N · ‖A‖₂`` (module doc). Other networks have no certified
+    Strang splitting: ``layer_lipschitz^N · ‖A‖₂`` (module doc). Other networks have no certified
     bound here; use :func:`empirical_lipschitz` for an estimate."""
     if not isinstance(problem.dynamics, LipschitzNet):
         raise ValueError(f"lipschitz_bound certifies networks of LipschitzNet layers, not "
@@ -143,8 +145,8 @@ def lipschitz_bound(problem, controls):
                          "cn.LieSplitting() or cn.StrangSplitting()")
     if problem.lift is not None or problem.x.ndim != 2:
         raise ValueError("lipschitz_bound takes vector inputs with the zero-padding lift")
-    d = problem.dynamics
-    layers = lipschitz_factor(d.contractive_step, d.expansive_step) ** problem.N
+    strang = isinstance(problem.integrator, StrangSplitting)
+    layers = problem.dynamics.layer_lipschitz(strang) ** problem.N
     return layers * jnp.linalg.norm(controls.w["A"], ord=2)
 
 
