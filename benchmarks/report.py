@@ -36,6 +36,14 @@ CONFIG = {
     "torchdiffeq (euler, adjoint)": "`odeint_adjoint`, Euler, one thread",
 }
 
+#: The convolutional rows (``benchmarks/conv_peers.py``), for the README's table.
+CONV_CONFIG = {
+    "equinox, epoch in one scan": "the same conv ResNet as an `eqx.Module`, layers a `lax.scan`, "
+                                  "`eqx.filter_value_and_grad` + optax, the epoch's 32 steps in one call",
+    "equinox, step per call": "the same in equinox, one `eqx.filter_jit` call per minibatch",
+    "flax.linen, epoch in one scan": "the same as an `nn.Module`, stacked layers scanned, the epoch in one call",
+}
+
 
 def _config(name: str) -> str:
     if name in CONFIG:
@@ -160,6 +168,11 @@ def readme_table(results: dict) -> str:
     rows += [(n, n) for n in steps if n.startswith("jax scan") and n.endswith("per call")]
     lines = ["| contender | configuration | time / controlnet's |", "| --- | --- | ---: |"]
     lines += [f"| {label} | {_config(name)} | {steps[name]['ratio_paired']:.2f} |" for label, name in rows]
+    c = results.get("conv")
+    if c and c.get("best_peer"):  # the convolutional ResNet: one MNIST-1D epoch
+        best = c["best_peer"]
+        lines.append(f"| {best} (MNIST-1D epoch) | {CONV_CONFIG.get(best, best)} | "
+                     f"{c['rows'][best]['ratio_vs_controlnet']:.2f} |")
     return "\n".join([BEGIN, *lines, END])
 
 
