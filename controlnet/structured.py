@@ -242,7 +242,8 @@ class LipschitzNet(SplitField):
     ``θ = (K, a, W̃, v)``. The contractive map is the gradient step on the convex
     ``Σ S(Ax + a)``: its Jacobian ``I − h_C AᵀDA`` is symmetric with eigenvalues ``1 − h_C λ``,
     ``λ ∈ [½, 1]``, so its norm is at most ``√(1 − h_C + h_C²)`` (exactly
-    ``max(|1 − h_C|, 1 − h_C/2)``, :meth:`layer_lipschitz`); the expansive map is at most ``1 + h_E``. Their composition (one layer) is 1-Lipschitz when
+    ``max(|1 − h_C|, 1 − h_C/2)``, :meth:`layer_lipschitz`); the expansive map is at most
+    ``1 + h_E``. Their composition (one layer) is 1-Lipschitz when
     ``√(1 − h_C + h_C²)(1 + h_E) ≤ 1``, checked at construction. The step sizes are part of the
     architecture (:meth:`substeps` ignores ``h = T/N``), so integrate with
     :class:`~controlnet.splitting.LieSplitting` (the alternating network; Strang's half
