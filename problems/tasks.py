@@ -96,17 +96,28 @@ LOSSES = {
 LIFTS = ("zero", "conv")
 
 
-def _dynamics(name, hidden, activation, kernel, ndim):
+def _field_class(name, field_options=None):
+    """The vector field class ``name``, after checking that it takes every key of ``field_options``."""
     if name not in cn.DYNAMICS:
         raise ValueError(f"unknown dynamics {name!r}; choose one of {sorted(cn.DYNAMICS)}")
     cls = cn.DYNAMICS[name]
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(field_options or {}) - fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; its options are "
+                         f"{', '.join(sorted(fields)) or 'none'}")
+    return cls
+
+
+def _dynamics(name, hidden, activation, kernel, ndim, field_options=None):
+    cls = _field_class(name, field_options)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     opts = {"activation": activation} if "activation" in fields else {}
     if "width" in fields:  # a hidden width (TwoLayer, Hamiltonian)
         opts["width"] = hidden
     if "kernel" in fields:  # a convolutional field, on the data's spatial axes
         opts.update(kernel=kernel, ndim=ndim)
-    return cls(**opts)
+    return cls(**{**opts, **(field_options or {})})
 
 
 def _lift(name, kernel):
@@ -168,6 +179,7 @@ def make(
     lift_kernel: int | None = None,
     lift_l2: float = 1e-3,
     pooling: str | None = None,
+    field_options: dict | None = None,
 ) -> Task:
     """The problem ``name`` (one of :data:`PROBLEMS`); ``None`` options take :data:`DEFAULTS`.
 
@@ -177,7 +189,9 @@ def make(
     ``integrator="no_residual"`` turns the ResNet into an MLP ``z_{k+1} = f(z_k, θ_k)``.
     ``kernel`` is the kernel size of a convolutional field, ``lift`` one of :data:`LIFTS`
     (``lift_kernel`` the kernel of a learned one, ``lift_l2`` its weight), ``pooling`` the
-    read-out of spatial states (``"mean"`` or ``"flatten"``).
+    read-out of spatial states (``"mean"`` or ``"flatten"``). ``field_options`` are passed to the
+    vector field's constructor, e.g. ``dynamics="lipschitz", field_options={"contractive_step":
+    0.5, "expansive_step": 0.1547}``; they override ``activation`` and ``hidden``.
     """
     if name not in DEFAULTS:
         raise ValueError(f"unknown problem {name!r}; choose one of {sorted(DEFAULTS)}")
@@ -185,10 +199,12 @@ def make(
         raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(cn.INTEGRATORS)}")
     d = {"samples": 500, "kernel": 3, "lift": "zero", "lift_kernel": 1, "pooling": "mean", **DEFAULTS[name]}
     opt = lambda v, k: d[k] if v is None else v  # noqa: E731
+    _field_class(opt(dynamics, "dynamics"), field_options)  # before the data are generated
     (x, y), test = _split(name, opt(samples, "samples"), test_samples, seed)
     ndim = np.ndim(x) - 2
     problem = cn.ControlProblem(
-        dynamics=_dynamics(opt(dynamics, "dynamics"), opt(hidden, "hidden"), activation, opt(kernel, "kernel"), ndim),
+        dynamics=_dynamics(opt(dynamics, "dynamics"), opt(hidden, "hidden"), activation, opt(kernel, "kernel"), ndim,
+                           field_options),
         integrator=cn.INTEGRATORS[integrator](),
         N=opt(layers, "layers"),
         width=opt(width, "width"),

@@ -117,6 +117,8 @@ BAD_NAMES = {
     "problem": (lambda: problems.make("moons"), "unknown problem 'moons'; choose one of"),
     "dynamics": (lambda: problems.make("ring", dynamics="lstm"), "unknown dynamics 'lstm'; choose one of"),
     "integrator": (lambda: problems.make("ring", integrator="rk45"), "unknown integrator 'rk45'; choose one of"),
+    "field option": (lambda: problems.make("ring", field_options={"step": 0.1}),
+                     "InnerActivation has no option 'step'; its options are activation"),
     "activation": (lambda: cn.InnerActivation("gelu"), "unknown activation 'gelu'; choose one of"),
     "activation via problems": (lambda: problems.make("xor", activation="swish"), "unknown activation 'swish'"),
 }

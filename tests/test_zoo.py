@@ -141,6 +141,11 @@ def test_make_overrides_and_structured_dynamics():
     assert ham.dynamics == cn.Hamiltonian(width=6) and isinstance(ham.integrator, cn.StrangSplitting)
     lip = problems.make("two_moons", samples=20, dynamics="lipschitz", integrator="lie").problem
     assert isinstance(lip.dynamics, cn.LipschitzNet)
+    steps = dict(contractive_step=0.5, expansive_step=0.1547, activation="relu")
+    lip = problems.make("two_moons", samples=20, dynamics="lipschitz", field_options=steps).problem
+    assert lip.dynamics == cn.LipschitzNet(0.5, 0.1547, "relu")
+    with pytest.raises(ValueError, match="1-Lipschitz only if"):  # the field's own check still runs
+        problems.make("two_moons", samples=20, dynamics="lipschitz", field_options={"expansive_step": 0.5})
     assert problems.make("square", samples=20, width=1).problem.width == 1
     with pytest.raises(ValueError, match="unknown problem"):
         problems.make("mnist")
