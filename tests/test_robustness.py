@@ -102,6 +102,15 @@ def test_no_attack_succeeds_inside_the_certified_radius():
         dist = np.linalg.norm(np.asarray(xa - x), axis=1)
         assert np.all(radius[flipped] <= dist[flipped] + 1e-9), (eps, radius[flipped], dist[flipped])
         assert np.mean(radius >= eps) <= np.mean(np.asarray(rb.margins(p, c, xa, y)) > 0) + 1e-12
+    # ℓ∞: the radius is the ℓ2 one over √n (n = 2 inputs), and no ℓ∞ attack flips inside it.
+    r_inf = np.asarray(rb.certified_radius(p, c, x, y, L, norm="inf"))
+    np.testing.assert_allclose(r_inf, radius / np.sqrt(2), rtol=1e-6)
+    for eps in (0.05, 0.1, 0.2):
+        xa = rb.pgd(p, c, x, y, eps, norm="inf", steps=40)
+        flipped = clean & (np.asarray(rb.margins(p, c, xa, y)) <= 0)
+        dist = np.max(np.abs(np.asarray(xa - x)), axis=1)
+        assert flipped.any() or eps < 0.1, "the ℓ∞ attack flips samples at these radii"
+        assert np.all(r_inf[flipped] <= dist[flipped] + 1e-9), (eps, r_inf[flipped], dist[flipped])
 
 
 # -- critical points ----------------------------------------------------------------------------

@@ -22,7 +22,8 @@ cannot change within
     r(x) = m(x) / (√2 L)       (several classes, m = f_y − max_{j≠y} f_j: each difference
                                 f_y − f_j is √2 L-Lipschitz)
 
-of a correctly classified ``x`` (``r = 0`` for a misclassified one). :func:`lipschitz_bound`
+of a correctly classified ``x`` (``r = 0`` for a misclassified one), and within ``r/√n`` in the
+ℓ∞ norm for inputs of ``n`` entries. :func:`lipschitz_bound`
 bounds ``L`` for networks of :class:`~controlnet.LipschitzNet` layers: the input layer (zero
 padding: 1), the layers (:meth:`~controlnet.LipschitzNet.layer_lipschitz` each: with the
 orthogonal ``A`` the contractive step's exact constant ``max(|1 − h_C|, 1 − h_C/2)`` times
@@ -123,12 +124,16 @@ def margins(problem, controls, x, y):
                      f"got {type(problem.loss).__name__}")
 
 
-def certified_radius(problem, controls, x, y, lipschitz):
-    """The ℓ2 radius around each ``x`` within which the prediction provably stays, given an
-    upper bound ``lipschitz`` of the network's ℓ2 Lipschitz constant (module doc); 0 where ``x``
-    is misclassified."""
+def certified_radius(problem, controls, x, y, lipschitz, norm="2"):
+    """The radius around each ``x`` within which the prediction provably stays, given an upper
+    bound ``lipschitz`` of the network's ℓ2 Lipschitz constant (module doc); 0 where ``x`` is
+    misclassified. ``norm="inf"``: the ℓ∞ radius ``r/√n`` (``n`` the number of input entries),
+    since ``‖δ‖₂ ≤ √n ‖δ‖∞``."""
+    _check_norm(norm)
     m = margins(problem, controls, x, y)
     scale = 1.0 if isinstance(problem.loss, Logistic) else math.sqrt(2.0)
+    if norm == "inf":
+        scale *= math.sqrt(math.prod(x.shape[1:]))
     return jnp.maximum(m, 0.0) / (scale * lipschitz)
 
 
