@@ -46,6 +46,7 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.peers
+	$(BENCH_VENV)/bin/python -m benchmarks.levers
 	$(BENCH_VENV)/bin/python -m benchmarks.scaling
 	$(BENCH_VENV)/bin/python -m benchmarks.conv_peers
 	$(BENCH_VENV)/bin/python -m benchmarks.report

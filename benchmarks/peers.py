@@ -66,13 +66,14 @@ DIFFRAX_BEST = f"diffrax (d,S), checkpoints=N+1, {PER_CALL} per call"
 REFERENCE = dict(samples=1000, width=3, layers=50, horizon=5.0, l2=1e-3, readout_l2=1e-3, lr=1e-2)
 
 
-def reference_task():
-    """The reference problem as a ``problems.Task`` (no test split)."""
+def reference_task(samples=None, layers=None):
+    """The reference problem as a ``problems.Task`` (no test split); ``samples``, ``layers``
+    change its size, the rest as :data:`REFERENCE`."""
     import problems
 
     r = REFERENCE
-    return problems.make("ring", samples=r["samples"], test_samples=0, width=r["width"],
-                         layers=r["layers"], horizon=r["horizon"], l2=r["l2"],
+    return problems.make("ring", samples=samples or r["samples"], test_samples=0, width=r["width"],
+                         layers=layers or r["layers"], horizon=r["horizon"], l2=r["l2"],
                          readout_l2=r["readout_l2"])
 
 
@@ -223,7 +224,7 @@ def diffrax_euler(problem, arrays, feature_major=False, checkpoints=None, per_ca
     import optax
 
     r = REFERENCE
-    N, T = r["layers"], r["horizon"]
+    N, T = problem.N, float(problem.T)  # any depth; the weights and the optimizer as REFERENCE's
     h = T / N
     adjoint = (diffrax.RecursiveCheckpointAdjoint() if checkpoints is None
                else diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints))
@@ -441,11 +442,9 @@ def run_peers(rounds=60, per_round=5, include_peers=True, log=print) -> dict:
     times = time_interleaved(runs, rounds, per_round)
     base = float(np.median(times["controlnet"]))
     base10 = float(np.percentile(times["controlnet"], 10))
-    base_rounds = np.median(np.reshape(times["controlnet"], (rounds, per_round)), axis=1)
     table = {}
     for name, ts in times.items():
         med = float(np.median(ts))
-        per_round_median = np.median(np.reshape(ts, (rounds, per_round)), axis=1)
         table[name] = {
             "median_ms": 1e3 * med,
             "p10_ms": 1e3 * float(np.percentile(ts, 10)),
@@ -456,7 +455,7 @@ def run_peers(rounds=60, per_round=5, include_peers=True, log=print) -> dict:
             "ratio_p10_to_controlnet": float(np.percentile(ts, 10)) / base10,
             # Paired: each round's median against controlnet's in the same round, then the
             # median over rounds; load that drifts over the run cancels in each pair.
-            "ratio_paired": float(np.median(per_round_median / base_rounds)),
+            "ratio_paired": paired_ratio(ts, times["controlnet"], rounds, per_round),
             "initial_loss": first_loss[name],
             "steps_timed": len(ts),
         }
@@ -491,6 +490,15 @@ def run_peers(rounds=60, per_round=5, include_peers=True, log=print) -> dict:
         "targets": targets,
         "jax_version": jax.__version__,
     }
+
+
+def paired_ratio(ts, base_ts, rounds: int, per_round: int) -> float:
+    """The median over rounds of ``median(ts in round) / median(base_ts in round)``: the load that
+    drifts over a run cancels in each pair (the times of :func:`time_interleaved`)."""
+    def rounds_median(t):
+        return np.median(np.reshape(t, (rounds, per_round)), axis=1)
+
+    return float(np.median(rounds_median(ts) / rounds_median(base_ts)))
 
 
 def _machine():

@@ -45,6 +45,14 @@ CONV_CONFIG = {
 }
 
 
+#: What each lever of ``benchmarks/levers.py`` changes (``unroll k`` is described by its name).
+LEVER_CONFIG = {
+    "controlnet": "the library as it is: one `dot` per layer, each layer rematerialized in the backward scan",
+    "multiply-adds": "`W z` as `d` broadcast multiply-adds `Σ_j W[:, j] z[j]` instead of one `dot`",
+    "keep residuals": "the forward pass keeps each layer's linearization (`rematerialize = False`)",
+}
+
+
 def _config(name: str) -> str:
     if name in CONFIG:
         return CONFIG[name]
@@ -95,6 +103,38 @@ def _conv(c) -> list[str]:
         lines.append(f"| {name} | {r['epoch_seconds']:.2f} | {r['ratio_vs_controlnet']:.2f} |")
     lines += ["", f"Best peer: **{c['best_peer']}**; controlnet takes {c['controlnet_over_best_peer']:.2f}× its time."]
     return lines
+
+
+def _levers(v) -> list[str]:
+    sizes = v["sizes"]
+    lines = [
+        "## Levers tried for the gradient step (`benchmarks/levers.py`)",
+        "",
+        f"controlnet's gradient step on the reference problem ({v['per_call']} iterations per call), "
+        "compiled once as the library builds it and once with each lever applied, at three sizes; "
+        "the best-configured diffrax row beside them. "
+        f"{v['protocol']['rounds']} interleaved rounds of {v['protocol']['per_round']} calls per size; "
+        "time / controlnet's at each size, below 1 the lever is faster. The library keeps a lever "
+        "only if it wins at every size.",
+        "",
+        "| lever | what it changes | " + " | ".join(sizes) + " |",
+        "| --- | --- |" + " ---: |" * len(sizes),
+    ]
+    names = list(next(iter(sizes.values()))["rows"])
+    for name in names:
+        cells = " | ".join(f"{s['rows'][name]['ratio_paired']:.2f}" if name in s["rows"] else "" for s in sizes.values())
+        lines.append(f"| {name} | {_lever_config(name)} | {cells} |")
+    lines += ["", "controlnet's step: " + ", ".join(f"{k} {s['rows']['controlnet']['median_ms']:.2f} ms"
+                                                    for k, s in sizes.items()) + "."]
+    won = set.intersection(*(set(s["winning"]) for s in sizes.values()))
+    lines += ["", f"Levers that win at every size: {', '.join(sorted(won)) or 'none'}."]
+    return lines
+
+
+def _lever_config(name: str) -> str:
+    if name.startswith("unroll "):
+        return f"the layer scans as `lax.scan(..., unroll={name.split()[1]})`"
+    return LEVER_CONFIG.get(name, _config(name))
 
 
 def _scaling(s) -> list[str]:
@@ -152,7 +192,8 @@ def render(results: dict) -> str:
         "inner steps against wall time), then `python -m benchmarks.report`.",
         "",
     ]
-    for key, section in (("peers", _peers), ("conv", _conv), ("scaling", _scaling), ("msa", _msa)):
+    for key, section in (("peers", _peers), ("levers", _levers), ("conv", _conv), ("scaling", _scaling),
+                         ("msa", _msa)):
         if key in results:
             lines += section(results[key]) + [""]
     return "\n".join(lines)
