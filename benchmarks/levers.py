@@ -13,11 +13,11 @@ once per lever, the lever applied while the step is traced and compiled:
 
 Beside them, the best-configured diffrax row of ``benchmarks/peers.py`` (``(d, S)`` states,
 every step kept, ``PER_CALL`` steps per call), so a lever that wins can be read against the peer
-directly. Each is measured at the sizes ``SIZES``: a lever is worth keeping only if it wins across
-the samples ``S`` and the depth ``N``. Protocol as in ``benchmarks/peers.py``
-(interleaved rounds in a shuffled order, paired ratios ``t / t_controlnet``: below 1 the lever
-is faster). A lever is kept in the library only if it wins here; this benchmark records those
-that did not, with their numbers. Writes ``benchmarks/results.json`` key ``"levers"``.
+directly. Each is measured at the sizes ``SIZES``, and the library keeps a lever only if it wins
+at all of them (across the samples ``S`` and the depth ``N``); this benchmark records those that
+did not, with their numbers. Protocol as in ``benchmarks/peers.py`` (interleaved rounds in a
+shuffled order, paired ratios ``t / t_controlnet``: below 1 the lever is faster). Writes
+``benchmarks/results.json`` key ``"levers"``.
 
     python -m benchmarks.levers [--rounds 20] [--per-round 3]
 """
@@ -82,22 +82,25 @@ def _multiply_adds(self, zT, theta):
 
 @contextlib.contextmanager
 def _class_attribute(cls, name, value):
+    """``cls.name = value`` inside the block; afterwards as before (inherited again if it was)."""
+    own = name in cls.__dict__
     old = cls.__dict__.get(name)
     setattr(cls, name, value)
     try:
         yield
     finally:
-        if old is None:
-            delattr(cls, name)
-        else:
+        if own:
             setattr(cls, name, old)
+        else:
+            delattr(cls, name)
 
 
 def levers(problem) -> dict:
     """``{name: context manager}``: each lever, applied while the step is built."""
     import controlnet as cn
 
-    assert type(problem.dynamics) is cn.InnerActivation, "the levers patch the reference field"
+    if type(problem.dynamics) is not cn.InnerActivation:
+        raise ValueError(f"the levers patch the reference field InnerActivation, not {type(problem.dynamics).__name__}")
     out = {"controlnet": contextlib.nullcontext}
     out.update({f"unroll {k}": functools.partial(_scans_unrolled, k) for k in UNROLLS})
     out["multiply-adds"] = functools.partial(_class_attribute, cn.InnerActivation, "feature_major", _multiply_adds)
