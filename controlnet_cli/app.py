@@ -206,7 +206,8 @@ def _train(args):
         _save_pictures(out, task, result, animate=args.animate)
     summary = {k: result.info[k] for k in ("loss", "accuracy", "test_accuracy", "iterations", "wall_time") if k in result.info}
     print(to_json({"status": result.status, **summary}))
-    print(f"wrote {out}/result.json, {'' if one_solve else 'checkpoint.npz, '}flow.png, loss.png"
+    print(f"wrote {out}/result.json, controls.npz, history.npz, {'' if one_solve else 'checkpoint.npz, '}"
+          "flow.png, loss.png"
           + (", flow.gif" if args.animate else ""))
     if result.diverged:
         print(f"controlnet: error: {result.info['solver']} diverged at iteration "

@@ -366,3 +366,6 @@ def test_train_animate_writes_the_film_with_one_frame_per_layer(tmp_path, capsys
         assert im.format == "GIF" and im.n_frames == 2 + 1  # --layers 2: layers k = 0, 1, 2
     code, out, err = run(TINY + ["--out", tmp_path / "still"], capsys)
     assert code == 0 and not (tmp_path / "still" / "flow.gif").exists()  # no film unless asked
+    # The closing line names exactly the files the run wrote.
+    wrote = out.strip().splitlines()[-1].removeprefix(f"wrote {tmp_path / 'still'}/").split(", ")
+    assert sorted(wrote) == sorted(p.name for p in (tmp_path / "still").iterdir())
