@@ -97,7 +97,8 @@ LIFTS = ("zero", "conv")
 
 
 def _field_class(name, field_options=None):
-    """The vector field class ``name``, after checking that it takes every key of ``field_options``."""
+    """``(cls, its constructor's options)`` for the vector field ``name``, after checking that
+    it takes every key of ``field_options``."""
     if name not in cn.DYNAMICS:
         raise ValueError(f"unknown dynamics {name!r}; choose one of {sorted(cn.DYNAMICS)}")
     cls = cn.DYNAMICS[name]
@@ -106,12 +107,11 @@ def _field_class(name, field_options=None):
     if unknown:
         raise ValueError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; its options are "
                          f"{', '.join(sorted(fields)) or 'none'}")
-    return cls
+    return cls, fields
 
 
 def _dynamics(name, hidden, activation, kernel, ndim, field_options=None):
-    cls = _field_class(name, field_options)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    cls, fields = _field_class(name, field_options)
     opts = {"activation": activation} if "activation" in fields else {}
     if "width" in fields:  # a hidden width (TwoLayer, Hamiltonian)
         opts["width"] = hidden
