@@ -35,7 +35,8 @@ import jax.numpy as jnp
 
 import controlnet as cn
 
-from .gd import minibatch, tree_norm
+from .minibatch import minibatch
+from .trees import tree_norm
 from .msa import readout_newton
 
 __all__ = ["DiscreteMSA", "DiscreteState", "quantize"]

@@ -35,7 +35,7 @@ import numpy as np
 import controlnet as cn
 
 from .config import MAX_STEPS_PER_CALL, Budget, Checkpoints, is_count
-from .gd import _joined
+from .trees import joined
 from .sharding import to_host
 
 __all__ = ["solve", "evaluate"]
@@ -89,7 +89,7 @@ def _compiled_step(solver):
                                  f"per iteration; the driver packs at most {_ROW - 2}")
             # One reduction over all controls joined (a reduction per leaf is a kernel each, as
             # in tree_norm).
-            finite = jnp.all(jnp.isfinite(_joined(new.controls)))
+            finite = jnp.all(jnp.isfinite(joined(new.controls)))
             row = jnp.zeros(_ROW, dtype).at[-1].set(1)
             row = row.at[: len(keys) + 1].set(jnp.stack([jnp.asarray(info[k], dtype) for k in keys]
                                                        + [finite.astype(dtype)]))

@@ -18,36 +18,16 @@ import optax
 
 import controlnet as cn
 
-__all__ = ["GradientDescent", "GDState", "tree_norm", "minibatch", "auto_block", "AUTO_CHECKPOINT_BYTES"]
+from .minibatch import minibatch
+from .trees import tree_norm
+
+__all__ = ["GradientDescent", "GDState", "auto_block", "AUTO_CHECKPOINT_BYTES"]
 
 
 class GDState(NamedTuple):
     controls: cn.Controls
     opt_state: Any
     key: jax.Array
-
-
-def tree_norm(tree):
-    """Euclidean norm of all leaves of a pytree together.
-
-    One reduction over the leaves joined into one vector: XLA on the CPU runs a reduction per
-    leaf as separate kernels, which cost 15-18 % of a gradient step on the reference problem
-    (measured against a hand-written scan; the joined vector costs nothing measurable).
-    """
-    return jnp.linalg.norm(_joined(tree))
-
-
-def _joined(tree):
-    """All leaves of ``tree`` as one flat vector (in their common dtype)."""
-    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(tree)])
-
-
-def minibatch(problem, key, batch_size):
-    """``problem`` restricted to ``batch_size`` samples drawn without replacement."""
-    if batch_size is None or batch_size >= problem.S:
-        return problem
-    idx = jax.random.choice(key, problem.S, (batch_size,), replace=False)
-    return problem.replace_data(problem.x[idx], problem.y[idx])
 
 
 #: ``checkpoint_block="auto"`` checkpoints once the gradient's kept residuals would pass this.

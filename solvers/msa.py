@@ -95,7 +95,8 @@ import controlnet as cn
 from controlnet.activations import activation
 from controlnet.state import stack_to_scan, step_fm
 
-from .gd import minibatch, tree_norm
+from .minibatch import minibatch
+from .trees import tree_norm
 
 __all__ = [
     "MSA",

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import controlnet as cn
 from controlnet.costs import l1 as l1_norm
 
-from .gd import auto_block, tree_norm
+from .gd import auto_block
+from .trees import tree_norm
 
 __all__ = ["ProximalGradient", "PGDState", "soft_threshold", "smooth_gradient"]
 

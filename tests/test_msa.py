@@ -12,7 +12,7 @@ import problems
 import solvers
 from solvers import msa
 from solvers.discrete import DiscreteMSA, quantize
-from solvers.gd import minibatch
+from solvers.minibatch import minibatch
 
 tmap = jax.tree_util.tree_map
 
