@@ -103,7 +103,7 @@ def levers(problem) -> dict:
         raise ValueError(f"the levers patch the reference field InnerActivation, not {type(problem.dynamics).__name__}")
     out = {"controlnet": contextlib.nullcontext}
     out.update({f"unroll {k}": functools.partial(_scans_unrolled, k) for k in UNROLLS})
-    out["multiply-adds"] = functools.partial(_class_attribute, cn.InnerActivation, "feature_major", _multiply_adds)
+    out["multiply-adds"] = functools.partial(_class_attribute, cn.InnerActivation, "scan_call", _multiply_adds)
     out["keep residuals"] = functools.partial(_class_attribute, cn.InnerActivation, "rematerialize", False)
     return out
 

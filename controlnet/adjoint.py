@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from .problem import Controls, _total, _tracking_sum
-from .state import final_fm, forward, from_scan, stack_from_scan, stack_to_scan, step_fm, to_scan
+from .state import scan_final, forward, from_scan, stack_from_scan, stack_to_scan, scan_step, to_scan
 
 __all__ = ["terminal_costate", "backward", "flow_and_backward", "costates", "gradient",
            "value_and_gradient", "gradient_from_hamiltonian"]
@@ -70,9 +70,9 @@ def _pullback(problem, zT, theta, w):
     ``(z, θ, w) ↦ (Ψ_h(z, θ), L(z, w))`` (of ``(z, θ) ↦ Ψ_h(z, θ)`` without tracking);
     :func:`_pull` applies it."""
     if _tracking(problem):
-        return jax.vjp(lambda z, th, w: (step_fm(problem, z, th), problem.tracking_cost(from_scan(problem, z), w)),
+        return jax.vjp(lambda z, th, w: (scan_step(problem, z, th), problem.tracking_cost(from_scan(problem, z), w)),
                        zT, theta, w)[1]
-    return jax.vjp(lambda z, th: step_fm(problem, z, th), zT, theta)[1]
+    return jax.vjp(lambda z, th: scan_step(problem, z, th), zT, theta)[1]
 
 
 def _pull(problem, vjp, p_next):
@@ -100,7 +100,7 @@ def _flow_vjp(problem, theta, w, z0T):
         def flow(z0, th, w):
             @remat
             def layer(z, t):
-                return step_fm(problem, z, t), problem.tracking_cost(from_scan(problem, z), w)
+                return scan_step(problem, z, t), problem.tracking_cost(from_scan(problem, z), w)
 
             z_n, Ls = jax.lax.scan(layer, z0, th)
             return z_n, jnp.sum(Ls)
@@ -109,7 +109,7 @@ def _flow_vjp(problem, theta, w, z0T):
         return z_n, track, lambda p: vjp((p, -problem.h))
 
     def flow(z0, th):
-        layer = remat(lambda z, t: (step_fm(problem, z, t), None))
+        layer = remat(lambda z, t: (scan_step(problem, z, t), None))
         return jax.lax.scan(layer, z0, th)[0]
 
     z_n, vjp = jax.vjp(flow, z0T, theta)
@@ -215,7 +215,7 @@ def flow_and_backward(problem, theta, z0=None):
         def layer(z, x):
             t, e = x
             z = z + e
-            return step_fm(problem, z, t), z
+            return scan_step(problem, z, t), z
 
         return jax.lax.scan(layer, z0, (th, eps))
 
@@ -294,7 +294,7 @@ def value_and_gradient(problem, controls, *, block=None):
         p0T, pulled_th, pulled_w = pull(to_scan(problem, pN))
     else:
         theta_b = _tree_map(lambda a: a.reshape((nb, B) + a.shape[1:]), theta)
-        zNT, starts = jax.lax.scan(lambda z, th: (final_fm(problem, th, z), z), z0T, theta_b)
+        zNT, starts = jax.lax.scan(lambda z, th: (scan_final(problem, th, z), z), z0T, theta_b)
         zN = from_scan(problem, zNT)
         phi, pN, dphi_dw = _terminal(problem, zN, w)
 

@@ -98,7 +98,7 @@ class _ConvField(VectorField):
         activation(self.activation)  # raises for an unknown name
         _check_kernel_ndim(self.kernel, self.ndim)
 
-    def feature_major(self, zT, theta):
+    def scan_call(self, zT, theta):
         # The scans carry conv states in their own layout (module doc): nothing to transpose.
         return self(zT, theta)
 

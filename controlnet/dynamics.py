@@ -50,7 +50,7 @@ class VectorField(abc.ABC):
     def init(self, key, d: int, scale: float = 1.0) -> dict:
         """Random parameters of one layer for state width ``d``."""
 
-    def feature_major(self, zT, theta):
+    def scan_call(self, zT, theta):
         """``f`` on states stored feature-major, ``zT (d, S)`` (the scans' layout).
 
         The default vmaps :meth:`__call__` over the samples; fields whose formula is a matrix
@@ -88,7 +88,7 @@ class InnerActivation(VectorField):
     def __call__(self, z, theta):
         return activation(self.activation)(z @ theta["W"].T + theta["b"])
 
-    def feature_major(self, zT, theta):
+    def scan_call(self, zT, theta):
         return activation(self.activation)(theta["W"] @ zT + theta["b"][:, None])
 
     def init(self, key, d, scale=1.0):
@@ -107,7 +107,7 @@ class OuterActivation(VectorField):
     def __call__(self, z, theta):
         return activation(self.activation)(z) @ theta["W"].T + theta["b"]
 
-    def feature_major(self, zT, theta):
+    def scan_call(self, zT, theta):
         return theta["W"] @ activation(self.activation)(zT) + theta["b"][:, None]
 
     def init(self, key, d, scale=1.0):
@@ -129,7 +129,7 @@ class TwoLayer(VectorField):
     def __call__(self, z, theta):
         return activation(self.activation)(z @ theta["A"].T + theta["a"]) @ theta["B"].T
 
-    def feature_major(self, zT, theta):
+    def scan_call(self, zT, theta):
         return theta["B"] @ activation(self.activation)(theta["A"] @ zT + theta["a"][:, None])
 
     def init(self, key, d, scale=1.0):

@@ -19,7 +19,7 @@ class Integrator(abc.ABC):
 
     ``layout_free``: the step only adds and scales ``z`` and evaluations of ``f``, so it works
     on states in any layout given an ``f`` for that layout (the scans then call it with
-    :meth:`~controlnet.dynamics.VectorField.feature_major`). Integrators that index the state
+    :meth:`~controlnet.dynamics.VectorField.scan_call`). Integrators that index the state
     (splitting into halves) leave it ``False``.
     """
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["forward", "final_state", "to_scan", "from_scan"]
+__all__ = ["forward", "final_state", "to_scan", "from_scan", "stack_to_scan", "stack_from_scan", "scan_step", "scan_states", "scan_final"]
 
 
 def to_scan(problem, z):
@@ -43,34 +43,34 @@ def stack_from_scan(problem, zsT):
     return jnp.moveaxis(zsT, axis if axis < 0 else axis + 1, 1)
 
 
-def step_fm(problem, zT, theta):
+def scan_step(problem, zT, theta):
     """``Ψ_h(z, θ)`` on states in the scans' layout (``(d, S)`` for dense fields).
 
     With a layout-free integrator (Euler, RK4, ...) the step runs on ``zT`` directly with the
-    field's :meth:`~controlnet.dynamics.VectorField.feature_major`; otherwise ``problem.step``
+    field's :meth:`~controlnet.dynamics.VectorField.scan_call`; otherwise ``problem.step``
     is vmapped over the samples.
     """
     if problem.integrator.layout_free:
-        return problem.integrator.step(problem.dynamics.feature_major, zT, theta, problem.h)
+        return problem.integrator.step(problem.dynamics.scan_call, zT, theta, problem.h)
     axis = problem.dynamics.sample_axis
     return jax.vmap(problem.step, in_axes=(axis, None), out_axes=axis)(zT, theta)
 
 
-def states_fm(problem, theta, z0T):
+def scan_states(problem, theta, z0T):
     """States ``z_0..z_N`` in the scans' layout, shape ``(N+1, d, S)`` for dense fields (or
     ``n+1`` states for ``n`` layers)."""
 
     def layer(z, th):
-        z_next = step_fm(problem, z, th)
+        z_next = scan_step(problem, z, th)
         return z_next, z_next
 
     _, zs = jax.lax.scan(layer, z0T, theta)
     return jnp.concatenate([z0T[None], zs], axis=0)
 
 
-def final_fm(problem, theta, z0T):
+def scan_final(problem, theta, z0T):
     """Only ``z_N`` in the scans' layout: no trajectory kept."""
-    zN, _ = jax.lax.scan(lambda z, th: (step_fm(problem, z, th), None), z0T, theta)
+    zN, _ = jax.lax.scan(lambda z, th: (scan_step(problem, z, th), None), z0T, theta)
     return zN
 
 
@@ -81,10 +81,10 @@ def forward(problem, theta, z0=None):
     (a learned lift needs its parameters: pass ``z0 = problem.z0(controls.lift)``).
     """
     z0 = problem.z0() if z0 is None else z0
-    return stack_from_scan(problem, states_fm(problem, theta, to_scan(problem, z0)))
+    return stack_from_scan(problem, scan_states(problem, theta, to_scan(problem, z0)))
 
 
 def final_state(problem, theta, z0=None):
     """Only ``z_N`` (no trajectory kept): the network's output before the read-out."""
     z0 = problem.z0() if z0 is None else z0
-    return from_scan(problem, final_fm(problem, theta, to_scan(problem, z0)))
+    return from_scan(problem, scan_final(problem, theta, to_scan(problem, z0)))

@@ -93,7 +93,7 @@ from jax.flatten_util import ravel_pytree
 
 import controlnet as cn
 from controlnet.activations import activation
-from controlnet.state import stack_to_scan, step_fm
+from controlnet.state import stack_to_scan, scan_step
 
 from .minibatch import minibatch
 from .trees import tree_norm
@@ -329,7 +329,7 @@ def _layer_residuals(problem, data, theta):
     """``(r_1, r_2)`` of every layer in the scans' layout: one ``jax.vjp`` of the step per layer."""
 
     def layer(z, zn, pn, t, th):
-        Psi, vjp = jax.vjp(lambda x: step_fm(problem, x, th), z)
+        Psi, vjp = jax.vjp(lambda x: scan_step(problem, x, th), z)
         return zn - Psi, t - vjp(pn)[0]
 
     return jax.vmap(layer)(data.z, data.z_next, data.p_next, data.target, theta)
@@ -355,7 +355,7 @@ def _autodiff_value_grad_sums(problem, data, theta, rho):
 
     def linear(th):
         def layer(z, dz, c, q, th):
-            Psi, dPsi = jax.jvp(lambda x: step_fm(problem, x, th), (z,), (dz,))
+            Psi, dPsi = jax.jvp(lambda x: scan_step(problem, x, th), (z,), (dz,))
             return jnp.sum(c * Psi) + jnp.sum(q * dPsi)
 
         return jnp.sum(jax.vmap(layer)(data.z, r2, c, q, th)) + jnp.sum(_params_part(problem, data, th))

@@ -255,11 +255,11 @@ def test_the_horizon_leaf_is_the_step_and_its_gradient_is_dJ_dT_times_N():
 
 
 @pytest.mark.parametrize("field", list(FIELDS))
-def test_feature_major_field_equals_the_per_sample_formula(field):
-    """``f.feature_major(zᵀ) = f(z)ᵀ``: the scans' (d, S) layout computes the same field."""
+def test_scan_layout_field_equals_the_per_sample_formula(field):
+    """``f.scan_call(zᵀ) = f(z)ᵀ``: the scans' (d, S) layout computes the same field."""
     f = FIELDS[field]
     theta = f.init(jax.random.PRNGKey(0), 3)
     z = jax.random.normal(jax.random.PRNGKey(1), (7, 3))
-    np.testing.assert_allclose(f.feature_major(z.T, theta), f(z, theta).T, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(f.scan_call(z.T, theta), f(z, theta).T, rtol=1e-14, atol=1e-15)
     # The default (a vmap of __call__) agrees too.
-    np.testing.assert_allclose(cn.VectorField.feature_major(f, z.T, theta), f(z, theta).T, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(cn.VectorField.scan_call(f, z.T, theta), f(z, theta).T, rtol=1e-14, atol=1e-15)
