@@ -2,44 +2,53 @@
 
 Layout of a result directory::
 
-    result.json    format name and version, status, summary numbers, array shapes
+    result.json    format name and version, status, summary numbers, array shapes, the SHA-256
+                   of the two npz files, the run spec (if any) and the versions that made it
     controls.npz   the controls, one array per leaf, named by its path ("theta/W", "w/A", ...)
     history.npz    one array per logged quantity, one entry per iteration
 
-Every file is written to a temporary name and renamed into place, ``result.json`` last, and
-``result.json`` records the SHA-256 of the two npz files: a save interrupted between two renames
-leaves files that do not match, and loading refuses them instead of mixing two results.
+A result is replaced all-or-nothing across its files. :meth:`Result.save` writes the new npz
+files under versioned names (``.controlnet-tmp-<id>.controls.npz``), flushed to disk; then
+replaces ``result.json`` atomically: that is the commit, and the new ``result.json`` names its
+``<id>``; then renames the versioned files to their own names. :meth:`Result.load` follows
+``result.json``: it reads a versioned file where one is still there, else the plain name, and
+checks every file against its digest. So a writer killed at any point leaves the old result or the
+new one loadable, and the next save or :func:`tidy` finishes the renames of a committed save and
+removes what an uncommitted one left. Only files named ``.controlnet-tmp-*`` are ever removed.
+One writer per directory at a time (the command line holds a lock for that).
 
-A *checkpoint* is the whole solver state (controls, optimizer state, PRNG key, ...), the
-iteration count and the history so far, in ONE npz file (so one rename makes it atomic)::
-
-    __meta__        JSON: format name and version, iteration, per leaf its path, shape, dtype
-    state/<i>       the i-th leaf of the state pytree (PRNG keys stored as their key data)
-    history/<name>  one array per logged quantity
-
-Loading needs a state of the same structure (``like``, e.g. ``solver.init(...)``): the
-checkpoint must match it leaf by leaf in path, shape and dtype, or it is refused.
+Checkpoints (the whole solver state in one file) are :mod:`controlnet.checkpoint`'s, re-exported here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import os
-import tempfile
+import platform
+import secrets
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
+from .atomic import TEMP_PREFIX, atomic_write, atomic_write_all, replace_with, sync_dir, write_new
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Checkpoint, checkpoint_info, load_checkpoint,
+                         save_checkpoint)
+from .json_data import jsonable, to_json
 from .problem import Controls
 
 __all__ = [
     "to_json",
+    "jsonable",
     "Result",
+    "current_versions",
+    "tidy",
+    "DATA_FILES",
     "FORMAT",
     "VERSION",
     "save_controls",
@@ -55,50 +64,11 @@ __all__ = [
 ]
 
 FORMAT = "controlnet-result"
-VERSION = 1
-CHECKPOINT_FORMAT = "controlnet-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    A write that fails (no space left, a file-size limit) removes the temporary file and raises
-    ``OSError`` naming ``path``; a file already at ``path`` is untouched either way."""
-    atomic_write_all({Path(path): write})
-
-
-def atomic_write_all(writers: dict) -> None:
-    """Write several files as one: every ``write(file)`` of ``{path: write}`` goes to a temporary
-    file first, and only when all of them are complete on disk are they renamed into place.
-
-    If any write fails, every temporary file is removed and no file at any ``path`` changes (an
-    ``OSError`` names the file that failed). The renames themselves take no space and cannot
-    fail for lack of it."""
-    done = []
-    try:
-        for path, write in writers.items():
-            path = Path(path)
-            fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-            done.append((tmp, path))
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as e:
-                if e.errno is None:
-                    raise
-                # disk full, file too large, ...: say which file, and that nothing was replaced
-                raise OSError(e.errno, f"cannot write {path}: {e.strerror}; {path.name} and the files "
-                                       "written with it were left as they were") from e
-        for tmp, path in done:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in done:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
+VERSION = 2
+#: The result format versions this controlnet reads (1: no versioned files, spec or versions).
+READS = (1, 2)
+#: The files of a result beside result.json, in the order they are written and checked.
+DATA_FILES = ("controls.npz", "history.npz")
 
 
 def _flat(controls: Controls) -> dict[str, np.ndarray]:
@@ -128,146 +98,36 @@ def save_controls(path: Path, controls: Controls) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in flat.items()}
 
 
-def load_controls(path: Path, shapes: dict | None = None) -> Controls:
-    """Read controls written by :func:`save_controls`, checking ``shapes`` if given."""
+def load_controls(path, shapes: dict | None = None, *, shown: Path | None = None) -> Controls:
+    """Read controls written by :func:`save_controls` (from a path or a binary file object),
+    checking ``shapes`` if given; errors name ``shown`` (default ``path``)."""
+    shown = path if shown is None else shown
     try:
         with np.load(path) as data:
             flat = {k: data[k] for k in data.files}
     except Exception as e:  # a truncated or foreign file: say which and why
-        raise ValueError(f"cannot read controls from {path}: {e}; the file is corrupt or not "
+        raise ValueError(f"cannot read controls from {shown}: {e}; the file is corrupt or not "
                          "written by controlnet") from None
     if shapes is not None:
         got = {k: list(v.shape) for k, v in flat.items()}
         if got != {k: list(v) for k, v in shapes.items()}:
-            raise ValueError(f"controls in {path} have shapes {got}, expected {shapes}")
+            raise ValueError(f"controls in {shown} have shapes {got}, expected {shapes}")
     return _unflat(flat)
 
 
-class Checkpoint(NamedTuple):
-    """A solver state restored by :func:`load_checkpoint`.
+def current_versions() -> dict:
+    """The versions of controlnet, jax, jaxlib, numpy and Python running now."""
+    import jaxlib
 
-    Attributes:
-        state: the solver state, same pytree structure as the ``like`` it was loaded against.
-        iteration: number of completed iterations (the state is iterate ``iteration``).
-        history: per-iteration arrays of the first ``iteration`` iterations.
-        meta: everything else written with it (solver name, problem description, ...).
-    """
+    from . import __version__
 
-    state: Any
-    iteration: int
-    history: dict
-    meta: dict
+    return {"controlnet": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _is_key(leaf) -> bool:
-    return jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float64), jax.dtypes.prng_key)
-
-
-def _leaf_record(path, leaf) -> dict:
-    if _is_key(leaf):
-        data = np.asarray(jax.random.key_data(leaf))
-        return {"path": jax.tree_util.keystr(path), "shape": list(data.shape),
-                "dtype": str(data.dtype), "key_impl": str(jax.random.key_impl(leaf))}
-    arr = np.asarray(leaf)
-    return {"path": jax.tree_util.keystr(path), "shape": list(arr.shape), "dtype": str(arr.dtype),
-            "key_impl": None}
-
-
-def save_checkpoint(path, state, *, iteration: int, history: dict, meta: dict | None = None) -> Path:
-    """Write ``state`` (any pytree of arrays), ``iteration`` and ``history`` to ``path`` atomically."""
-    path = Path(path)
-    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    arrays, records = {}, []
-    for i, (p, leaf) in enumerate(leaves):
-        records.append(_leaf_record(p, leaf))
-        arrays[f"state/{i}"] = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
-    for k, v in history.items():
-        arrays[f"history/{k}"] = np.asarray(v)
-    head = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "iteration": int(iteration),
-            "leaves": records, **(meta or {})}
-    text = to_json(head).encode()
-    arrays["__meta__"] = np.frombuffer(text, dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-    return path
-
-
-def _read_checkpoint(path) -> tuple[dict, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no checkpoint at {path}; resume from a directory written with "
-                         "--checkpoint-every (or an interrupted run)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as e:  # truncated zip, bad CRC, not a zip at all
-        raise ValueError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); the file is "
-                         "corrupt or not written by controlnet") from None
-    if "__meta__" not in arrays:
-        raise ValueError(f"{path} is not a controlnet checkpoint (no __meta__ record)")
-    try:
-        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} has an unreadable __meta__ record ({e}); the checkpoint is "
-                         "corrupt") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise ValueError(f"{path} is not a controlnet checkpoint (format {got!r})")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has checkpoint version {meta.get('version')!r}; this controlnet "
-                         f"reads version {CHECKPOINT_VERSION}")
-    return meta, arrays
-
-
-def checkpoint_info(path) -> dict:
-    """The metadata of the checkpoint at ``path`` (validated format and version), no state."""
-    return _read_checkpoint(path)[0]
-
-
-def load_checkpoint(path, like) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``like``.
-
-    Refuses (``ValueError``) a missing, truncated or foreign file, another format version, and a
-    state whose leaves differ from ``like``'s in number, path, shape or dtype.
-    """
-    path = Path(path)
-    meta, arrays = _read_checkpoint(path)
-    records = meta.get("leaves")
-    template, treedef = jax.tree_util.tree_flatten_with_path(like)
-    if not isinstance(records, list) or len(records) != len(template):
-        n = len(records) if isinstance(records, list) else "no"
-        raise ValueError(f"checkpoint {path} holds {n} state arrays, this solver's state has "
-                         f"{len(template)}; was it written by another solver?")
-    leaves = []
-    for i, ((p, ref), rec) in enumerate(zip(template, records)):
-        want = _leaf_record(p, ref)
-        if rec.get("path") != want["path"]:
-            raise ValueError(f"checkpoint {path}: state array {i} is {rec.get('path')}, this "
-                             f"solver expects {want['path']}; was it written by another solver?")
-        arr = arrays.get(f"state/{i}")
-        if arr is None:
-            raise ValueError(f"checkpoint {path} lacks state array {want['path']}; it is corrupt")
-        if list(arr.shape) != want["shape"] or list(arr.shape) != rec.get("shape"):
-            raise ValueError(f"checkpoint {path}: {want['path']} has shape {list(arr.shape)}, this "
-                             f"run needs {want['shape']}; resume with the same problem sizes")
-        if str(arr.dtype) != want["dtype"] or str(arr.dtype) != rec.get("dtype"):
-            raise ValueError(f"checkpoint {path}: {want['path']} has dtype {arr.dtype}, this run "
-                             f"uses {want['dtype']}; resume with the same precision (float64 or not)")
-        if want["key_impl"] is not None:
-            if rec.get("key_impl") != want["key_impl"]:
-                raise ValueError(f"checkpoint {path}: {want['path']} is a {rec.get('key_impl')} "
-                                 f"key, this run uses {want['key_impl']} keys")
-            leaves.append(jax.random.wrap_key_data(arr, impl=jax.random.key_impl(ref)))
-        else:
-            leaves.append(jax.numpy.asarray(arr))
-    history = {k[len("history/"):]: v for k, v in arrays.items() if k.startswith("history/")}
-    iteration = meta.get("iteration")
-    if not isinstance(iteration, int) or iteration < 0 or _length(history) > iteration:
-        raise ValueError(f"checkpoint {path} says iteration {iteration!r} with {_length(history)} "
-                         "history entries; it is corrupt")
-    for k in ("format", "version", "iteration", "leaves"):
-        meta.pop(k)
-    state = jax.tree_util.tree_unflatten(treedef, leaves)
-    return Checkpoint(state, iteration, history, meta)
+#: Keys of result.json that are not summary numbers (``Result.info`` may not use them).
+_RESERVED = ("format", "version", "status", "controls_shapes", "history_length", "sha256", "save_id",
+             "spec", "versions")
 
 
 @dataclasses.dataclass
@@ -280,67 +140,192 @@ class Result:
         status: ``"max_iters"``, ``"max_seconds"``, ``"converged"``, ``"target"``,
             ``"diverged"`` or ``"interrupted"``.
         info: summary numbers (solver, iterations, wall time, final loss and accuracies, ...).
+        spec: the run spec that produced it (plain JSON data), or ``None``.
+        versions: the versions of controlnet, jax, jaxlib, numpy and Python that computed it
+            (:func:`current_versions` by default); ``None`` for a result saved without them.
     """
 
     controls: Controls
     history: dict
     status: str
     info: dict
+    spec: dict | None = None
+    versions: dict | None = dataclasses.field(default_factory=current_versions)
+
+    def __post_init__(self):
+        if not isinstance(self.info, dict):
+            raise TypeError(f"Result.info must be a dict, got {type(self.info).__name__}")
+        taken = sorted(set(self.info) & set(_RESERVED))
+        if taken:
+            raise ValueError(f"Result.info may not use the key(s) {', '.join(map(repr, taken))}: result.json "
+                             "keeps them for itself; rename them")
+        for name in ("spec", "versions"):
+            _check_plain(name, getattr(self, name))
 
     @property
     def diverged(self) -> bool:
         return self.status == "diverged"
 
     def save(self, directory) -> Path:
-        """Write the result into ``directory`` (created if missing); returns its path."""
+        """Write the result into ``directory`` (created if missing), replacing a result there
+        all-or-nothing (see the module's docstring); returns its path."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         flat = _flat(self.controls)
         hist = {k: np.asarray(v) for k, v in self.history.items()}
-        blobs = {"controls.npz": _npz_bytes(flat), "history.npz": _npz_bytes(hist)}
-        digests = {name: hashlib.sha256(b).hexdigest() for name, b in blobs.items()}
+        blobs = dict(zip(DATA_FILES, (_npz_bytes(flat), _npz_bytes(hist))))
+        save_id = secrets.token_hex(8)
         meta = {"format": FORMAT, "version": VERSION, "status": self.status,
                 "controls_shapes": {k: list(v.shape) for k, v in flat.items()},
-                "history_length": _length(hist), "sha256": digests, **self.info}
-        blobs["result.json"] = to_json(meta, indent=2).encode()
-        # All three or none: a failed write (a full disk) leaves the previous result as it was.
-        atomic_write_all({d / name: (lambda f, b=b: f.write(b)) for name, b in blobs.items()})
+                "history_length": _length(hist),
+                "sha256": {name: hashlib.sha256(b).hexdigest() for name, b in blobs.items()},
+                "save_id": save_id, "spec": self.spec, "versions": self.versions, **self.info}
+        text = to_json(meta, indent=2).encode()
+        tidy(d)  # an earlier save's leftovers: finish the committed one, drop the rest
+        pending = [_pending(d, save_id, name) for name in blobs]
+        try:
+            for path, (name, data) in zip(pending, blobs.items()):
+                write_new(path, data, shown=d / name)
+            replace_with(d / "result.json", text)  # the commit
+        except BaseException:
+            for path in pending:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
+        _settle(d, save_id)
         return d
 
     @classmethod
     def load(cls, directory) -> "Result":
-        """Read a result written by :meth:`save`; refuses a corrupt or foreign directory."""
+        """Read a result written by :meth:`save`; refuses a corrupt or foreign directory.
+
+        A save running at the same time is waited out: if a file does not match and result.json
+        changed meanwhile, it is read again."""
         d = Path(directory)
-        path = d / "result.json"
-        if not path.is_file():
-            raise ValueError(f"{d} holds no result.json; is it a controlnet result directory?")
+        for attempt in range(5):
+            text = _read_text(d)
+            try:
+                return cls._from(d, text)
+            except ValueError:
+                if attempt == 4 or _read_text(d) == text:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _from(cls, d: Path, text: bytes) -> "Result":
+        meta = _meta(d, text)
+        blobs = {name: _read_data(d, meta.get("save_id"), name) for name in DATA_FILES}
+        controls = load_controls(io.BytesIO(blobs["controls.npz"]), meta["controls_shapes"],
+                                 shown=d / "controls.npz")
         try:
-            meta = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); the result is corrupt") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a controlnet result (format {meta.get('format')!r})"
-                             if isinstance(meta, dict) else f"{path} is not a controlnet result")
-        if meta.get("version") != VERSION:
-            raise ValueError(f"{path} has format version {meta.get('version')}, this controlnet "
-                             f"reads version {VERSION}")
-        controls = load_controls(d / "controls.npz", meta.get("controls_shapes"))
-        try:
-            with np.load(d / "history.npz") as data:
+            with np.load(io.BytesIO(blobs["history.npz"])) as data:
                 history = {k: data[k] for k in data.files}
         except Exception as e:
             raise ValueError(f"cannot read {d / 'history.npz'}: {e}; the result is corrupt") from None
-        if _length(history) != meta.get("history_length"):
+        if _length(history) != meta["history_length"]:
             raise ValueError(f"{d / 'history.npz'} has {_length(history)} entries, result.json "
-                             f"says {meta.get('history_length')}; the result is corrupt")
+                             f"says {meta['history_length']}; the result is corrupt")
         for name, digest in (meta.get("sha256") or {}).items():
-            if _sha256(d / name) != digest:
-                raise ValueError(f"{d / name} does not match {path} (a save was interrupted or "
-                                 "the file was changed); the result is corrupt")
-        status = meta.pop("status")
-        for k in ("format", "version", "controls_shapes", "history_length", "sha256"):
-            meta.pop(k, None)
-        return cls(controls, history, status, meta)
+            if name in blobs and hashlib.sha256(blobs[name]).hexdigest() != digest:
+                raise ValueError(f"{d / name} does not match {d / 'result.json'} (a save was interrupted "
+                                 "or the file was changed); the result is corrupt")
+        info = {k: v for k, v in meta.items() if k not in _RESERVED}
+        return cls(controls, history, meta["status"], info, meta.get("spec"), meta.get("versions"))
+
+
+def _check_plain(name: str, value) -> None:
+    """Refuse a ``spec`` or ``versions`` that would not come back equal from result.json."""
+    if value is None:
+        return
+    try:
+        same = isinstance(value, dict) and json.loads(json.dumps(value, allow_nan=False)) == value
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(f"Result.{name} must be a dict of plain JSON data (dicts with string keys, "
+                         f"lists, strings, finite numbers, booleans, None), got {value!r:.200}")
+
+
+def _read_text(d: Path) -> bytes:
+    try:
+        return (d / "result.json").read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{d} holds no result.json; is it a controlnet result directory?") from None
+
+
+#: The keys every result.json has, with their types (``sha256`` from version 2 on).
+_REQUIRED = {"status": str, "controls_shapes": dict, "history_length": int, "sha256": dict}
+
+
+def _meta(d: Path, text: bytes) -> dict:
+    """result.json's mapping, its format, version and required keys checked."""
+    path = d / "result.json"
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt result in {d}: result.json is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a controlnet result (format {meta.get('format')!r})"
+                         if isinstance(meta, dict) else f"{path} is not a controlnet result")
+    if meta.get("version") not in READS:
+        raise ValueError(f"{path} has format version {meta.get('version')}, this controlnet reads "
+                         f"versions {', '.join(map(str, READS))}")
+    for key, kind in _REQUIRED.items():
+        if key == "sha256" and meta["version"] == 1 and key not in meta:
+            continue
+        if key not in meta:
+            raise ValueError(f"corrupt result in {d}: result.json has no {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise ValueError(f"corrupt result in {d}: result.json's {key!r} is {meta[key]!r:.80}, not "
+                             f"a {kind.__name__}")
+    for key in ("spec", "versions"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ValueError(f"corrupt result in {d}: result.json's {key!r} is not a mapping")
+    return meta
+
+
+def _pending(d: Path, save_id: str, name: str) -> Path:
+    return d / f"{TEMP_PREFIX}{save_id}.{name}"
+
+
+def _read_data(d: Path, save_id, name: str) -> bytes:
+    """The bytes of data file ``name`` of the save ``save_id``: its versioned file while it is
+    there (the save was committed but not settled), else the file of that name."""
+    for path in ([_pending(d, save_id, name)] if isinstance(save_id, str) else []) + [d / name]:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            continue
+    raise ValueError(f"corrupt result in {d}: {name} is missing")
+
+
+def _settle(d: Path, save_id: str) -> None:
+    """Rename the versioned files of the committed save ``save_id`` to their own names."""
+    moved = False
+    for name in DATA_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(_pending(d, save_id, name), d / name)
+            moved = True
+    if moved:
+        sync_dir(d)
+
+
+def tidy(directory) -> None:
+    """Finish what an interrupted writer left in ``directory``: the versioned files of the
+    committed result are renamed to their own names, and every other file whose name starts with
+    ``.controlnet-tmp-`` is removed. No other file is touched; a missing directory is left alone."""
+    d = Path(directory)
+    if not d.is_dir():
+        return
+    with contextlib.suppress(ValueError, OSError):
+        save_id = json.loads(_read_text(d)).get("save_id")
+        if isinstance(save_id, str) and save_id.isalnum():
+            _settle(d, save_id)
+    with os.scandir(d) as entries:
+        stray = [e.path for e in entries if e.name.startswith(TEMP_PREFIX) and e.is_file(follow_symlinks=False)]
+    for path in stray:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _npz_bytes(arrays: dict) -> bytes:
@@ -349,35 +334,5 @@ def _npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _length(hist) -> int:
     return max((len(v) for v in hist.values()), default=0)
-
-
-def to_json(obj, indent=None) -> str:
-    """Strict JSON text of ``obj``: numpy/JAX scalars and arrays as numbers and lists, and
-    non-finite floats (an accuracy of ``nan`` for a regression) as ``null``."""
-
-    def clean(v):
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, (np.generic, np.ndarray, jax.Array)):
-            return clean(_jsonable(v))
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        return v
-
-    return json.dumps(clean(obj), indent=indent, allow_nan=False)
-
-
-def _jsonable(v):
-    if isinstance(v, (np.generic, jax.Array)):
-        return np.asarray(v).item() if np.ndim(v) == 0 else np.asarray(v).tolist()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"cannot write {type(v).__name__} to JSON")

@@ -1,25 +1,32 @@
-"""One writer per output folder: ``OUT/.controlnet.lock``.
+"""One writer per output folder: a kernel lock on ``OUT/.controlnet.lock``.
 
-A command that writes into ``OUT`` holds the lock for as long as it runs. The lock file appears
-complete or not at all (written to a temporary file, then hard-linked to its name, which fails
-if it exists), and holds the owner's host, process id and start time. A second command on the
-same ``OUT`` finds it and refuses at once, naming the owner. A lock left by a process that no
-longer runs (killed with SIGKILL, or a machine that went down) is stale: it is reclaimed, with a
-note on stderr. Reclaiming renames the stale file away first, so of two commands reclaiming at
-once only one can succeed. The holder of the lock removes the temporary files a killed
-writer left in ``OUT``.
+A command that writes into ``OUT`` holds an exclusive ``flock`` on the open file
+``OUT/.controlnet.lock`` for as long as it runs. The kernel releases it when the process ends,
+however it ends (SIGKILL, a crash): there is no stale lock to detect and none to reclaim, so two
+commands can never both hold it. The file records its holder (host, process id, start time,
+command), so that a second command refuses at once and names it.
+
+The holder removes the file when it is done, while it still holds the lock. A command that
+opened the file just before that, and then obtained the lock on the removed file, sees that
+``OUT/.controlnet.lock`` is no longer the file it locked (another inode, or none) and tries again.
+
+Whoever holds the lock owns the folder: on taking it, :func:`controlnet.io.tidy` completes a
+result save that was interrupted after its commit and removes the library's own temporary files
+(``.controlnet-tmp-*``), and nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from controlnet.io import tidy
 
 from .arguments import UsageError
 
@@ -29,7 +36,7 @@ LOCK_NAME = ".controlnet.lock"
 
 
 def read_lock(path: Path) -> dict | None:
-    """The owner recorded in the lock at ``path``; ``None`` if there is none; ``{}`` if unreadable."""
+    """The holder recorded in the lock at ``path``; ``None`` if there is none; ``{}`` if unreadable."""
     try:
         owner = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -39,75 +46,65 @@ def read_lock(path: Path) -> dict | None:
     return owner if isinstance(owner, dict) else {}
 
 
-def _alive(owner: dict) -> bool:
-    """Whether the lock's owner still runs. A lock from another host is taken as live (its process
-    cannot be asked from here); one without a readable pid as stale."""
-    if owner.get("host") != socket.gethostname():
-        return bool(owner)
-    pid = owner.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
+def _is_open_file(fd: int, lock: Path) -> bool:
+    """Whether ``lock`` is still the file open as ``fd`` (not removed, nor removed and re-created)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        st = os.stat(lock)
+    except FileNotFoundError:
         return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
-def _try_create(lock: Path, text: str) -> bool:
-    fd, tmp = tempfile.mkstemp(prefix=LOCK_NAME + ".", suffix=".tmp", dir=lock.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.link(tmp, lock)  # atomic, and fails if the lock exists
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
+def _busy(out: Path, lock: Path) -> UsageError:
+    owner = read_lock(lock) or {}
+    if "pid" not in owner:  # the holder has the lock but has not written its name yet
+        return UsageError(f"{out} is in use by another controlnet process (starting); wait for it to "
+                          "finish or pick another --out")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+    return UsageError(f"{out} is in use by another controlnet process (pid {owner.get('pid')} on "
+                      f"{owner.get('host')}, since {since}); wait for it to finish or pick another --out")
+
+
+def _acquire(out: Path, lock: Path) -> int:
+    """An open descriptor of ``lock`` holding its exclusive flock; :class:`UsageError` if held."""
+    for _ in range(20):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy(out, lock) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _is_open_file(fd, lock):
+            return fd
+        os.close(fd)  # the previous holder removed this file as it let go: open the new one
+    raise UsageError(f"could not take the lock {lock}; other processes keep taking it; pick another --out")
 
 
 @contextlib.contextmanager
 def output_lock(out: Path, command: str = "controlnet"):
-    """Hold ``out/.controlnet.lock`` (``out`` created if missing) for the ``with`` block.
+    """Hold the lock of ``out`` (created if missing) for the ``with`` block; yields its path.
 
-    Raises :class:`UsageError` if another live process holds it; reclaims a stale one.
+    Raises :class:`UsageError`, naming the holder, if another process holds it.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK_NAME
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": command}
-    text = json.dumps(me)
-    for _ in range(3):
-        if _try_create(lock, text):
-            break
-        owner = read_lock(lock)
-        if owner is None:  # released in between: try again
-            continue
-        if _alive(owner):
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
-            raise UsageError(f"{out} is in use by another controlnet process (pid {owner.get('pid')} on "
-                             f"{owner.get('host')}, since {since}); wait for it to finish or pick another "
-                             f"--out (if that process is gone, delete {lock})")
-        stale = lock.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
-        try:
-            os.rename(lock, stale)  # only one reclaimer wins
-        except FileNotFoundError:
-            continue
-        os.unlink(stale)
-        print(f"controlnet: reclaimed the stale lock of pid {owner.get('pid')} (no longer running) in {out}",
-              file=sys.stderr)
-    else:
-        raise UsageError(f"could not take the lock {lock}; another process keeps taking it; pick another --out")
-    # Whoever holds the lock owns the folder: a temporary file there is what a killed writer left
-    # (controlnet.io.atomic_write_all writes ".<name>.<random>.tmp" beside each file).
-    for tmp in out.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    fd = _acquire(out, lock)
     try:
+        before = read_lock(lock)
+        if before and "pid" in before:  # a holder that was killed leaves its file, not its lock
+            print(f"controlnet: took over the lock of pid {before['pid']}, which ended without "
+                  f"releasing it, in {out}", file=sys.stderr)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        tidy(out)
         yield lock
     finally:
-        if read_lock(lock) == me:
-            os.unlink(lock)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # still held: nobody can have taken this file in between
+        os.close(fd)
