@@ -15,7 +15,7 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["TEMP_PREFIX", "temp_path", "write_new", "replace_with", "sync_dir", "atomic_write",
+__all__ = ["TEMP_PREFIX", "temp_path", "write_new", "sync_dir", "atomic_write",
            "atomic_write_all"]
 
 #: The first characters of every temporary file the library creates (and may remove).
@@ -70,20 +70,6 @@ def sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def replace_with(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a file holding ``data``, atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        write_new(tmp, data, shown=path)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    sync_dir(path.parent)
-
-
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
 
@@ -121,7 +107,7 @@ def atomic_write_all(writers: dict) -> None:
             os.replace(tmp, path)
     except BaseException:
         for tmp, _ in done:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # best effort: the first error is the one to see
                 os.unlink(tmp)
         raise
     for parent in {path.parent for _, path in done}:

@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .atomic import TEMP_PREFIX, atomic_write, atomic_write_all, replace_with, sync_dir, write_new
+from .atomic import TEMP_PREFIX, atomic_write, atomic_write_all, sync_dir, temp_path, write_new
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Checkpoint, checkpoint_info, load_checkpoint,
                          save_checkpoint)
 from .json_data import jsonable, to_json
@@ -183,15 +183,18 @@ class Result:
         text = to_json(meta, indent=2).encode()
         tidy(d)  # an earlier save's leftovers: finish the committed one, drop the rest
         pending = [_pending(d, save_id, name) for name in blobs]
+        tmp = temp_path(d / "result.json")
         try:
             for path, (name, data) in zip(pending, blobs.items()):
                 write_new(path, data, shown=d / name)
-            replace_with(d / "result.json", text)  # the commit
+            write_new(tmp, text, shown=d / "result.json")
+            os.replace(tmp, d / "result.json")  # the commit: from here on the new result loads
         except BaseException:
-            for path in pending:
-                with contextlib.suppress(FileNotFoundError):
+            for path in [*pending, tmp]:
+                with contextlib.suppress(OSError):  # best effort: the first error is the one to see
                     os.unlink(path)
             raise
+        sync_dir(d)
         _settle(d, save_id)
         return d
 
@@ -291,7 +294,8 @@ def _pending(d: Path, save_id: str, name: str) -> Path:
 def _read_data(d: Path, save_id, name: str) -> bytes:
     """The bytes of data file ``name`` of the save ``save_id``: its versioned file while it is
     there (the save was committed but not settled), else the file of that name."""
-    for path in ([_pending(d, save_id, name)] if isinstance(save_id, str) else []) + [d / name]:
+    versioned = isinstance(save_id, str) and save_id.isalnum()
+    for path in ([_pending(d, save_id, name)] if versioned else []) + [d / name]:
         try:
             return path.read_bytes()
         except FileNotFoundError:
@@ -317,10 +321,12 @@ def tidy(directory) -> None:
     d = Path(directory)
     if not d.is_dir():
         return
-    with contextlib.suppress(ValueError, OSError):
+    try:
         save_id = json.loads(_read_text(d)).get("save_id")
-        if isinstance(save_id, str) and save_id.isalnum():
-            _settle(d, save_id)
+    except (ValueError, OSError, AttributeError):  # no result, or not one of ours: nothing to finish
+        save_id = None
+    if isinstance(save_id, str) and save_id.isalnum():
+        _settle(d, save_id)
     with os.scandir(d) as entries:
         stray = [e.path for e in entries if e.name.startswith(TEMP_PREFIX) and e.is_file(follow_symlinks=False)]
     for path in stray:
