@@ -35,7 +35,9 @@ def wait_for(path: Path, timeout=300.0):
 
 # -- the folder lock, taken by a child --------------------------------------------------------------
 def lock_child(out: Path, marks: Path, pause: bool = False):
-    """A child that takes ``out``'s folder lock (``controlnet_cli.lock.output_lock``), touches
+    """A child that imports the lock, touches ``marks/<pid>.ready`` and waits for
+    ``marks/<pid>.start`` (see :func:`start`: children start up together, imports are slow), then
+    takes ``out``'s folder lock (``controlnet_cli.lock.output_lock``), touches
     ``marks/<pid>.holds``, waits for ``marks/<pid>.release``, lets go and touches
     ``marks/<pid>.released``; refused, it prints the error and exits with 2. With ``pause`` its
     first ``flock`` waits, after the lock file is open, until ``marks/go`` exists (it touches
@@ -43,6 +45,12 @@ def lock_child(out: Path, marks: Path, pause: bool = False):
     return subprocess.Popen([sys.executable, "-c", "import processes; processes.take_lock()", str(out), str(marks),
                              "pause" if pause else "no-pause"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)
+
+
+def start(proc, marks: Path):
+    """Let the :func:`lock_child` ``proc`` go on to take the lock, once it is ready."""
+    wait_for_file(marks / f"{proc.pid}.ready", proc, what="child ready")
+    (marks / f"{proc.pid}.start").touch()
 
 
 def take_lock():
@@ -63,6 +71,8 @@ def take_lock():
     from controlnet_cli.arguments import UsageError
     from controlnet_cli.lock import output_lock
 
+    (marks / f"{me}.ready").touch()
+    wait_for(marks / f"{me}.start")
     try:
         with output_lock(out, "test"):
             (marks / f"{me}.holds").touch()

@@ -3,8 +3,9 @@ full disk. Every test runs `controlnet` in child processes, as a user's shell wo
 
 What must hold: the output folder only ever holds complete files (the last checkpoint or the new
 one, never a torn one); a resumed run ends with the uninterrupted run's controls, bit for bit
-(float64); a second command on a busy folder refuses at once and writes nothing; a write that
-fails for lack of space names its file and leaves the previous result as it was.
+(float64); a second command on a busy folder refuses at once and writes nothing, and a lock file
+left by a killed command blocks nothing; a write that fails for lack of space names its file and
+leaves the previous result as it was.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 import controlnet as cn
 from controlnet_cli import app as cli
 from processes import wait_for_file
+from controlnet.atomic import TEMP_PREFIX
 from controlnet_cli.lock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ def files(d):
     progress (a running command's, which come and go under random names)."""
     out = {}
     for p in sorted(d.iterdir()):
-        if p.name == LOCK_NAME or p.name.endswith(".tmp"):
+        if p.name == LOCK_NAME or p.name.startswith(TEMP_PREFIX):
             continue
         try:
             out[p.name] = p.read_bytes()
@@ -95,26 +97,28 @@ def test_a_second_command_on_a_busy_folder_refuses_at_once(tmp_path, capsys):
     assert cn.Result.load(out).status == "interrupted"
 
 
-def test_stale_and_torn_locks_are_reclaimed_a_live_one_is_not(tmp_path, capsys):
+def test_a_lock_file_left_by_a_killed_command_is_no_lock(tmp_path, capsys):
+    """The lock is the kernel's flock, not the file: a file left by a killed holder does not
+    block, even when its pid now belongs to another live process (pids are reused). Taking the
+    lock removes the library's temporary files and no file of the user's."""
     out = tmp_path / "run"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         write_lock(out, sleeper.pid)
-        assert cli.main([str(a) for a in TINY + ["--out", out]]) == 2
-        assert f"pid {sleeper.pid}" in capsys.readouterr().err
-        assert not (out / "result.json").exists()
+        (out / "notes.tmp").write_text("mine")
+        (out / f"{TEMP_PREFIX}abc123.checkpoint.npz").write_bytes(b"half a file")  # a killed writer's
+        assert cli.main([str(a) for a in TINY + ["--out", out]]) == 0
+        assert f"took over the lock of pid {sleeper.pid}" in capsys.readouterr().err
     finally:
         sleeper.kill()
         sleeper.wait()
-    pid = dead_pid()
-    write_lock(out, pid)
-    (out / ".checkpoint.npz.abc123.tmp").write_bytes(b"half a file")  # what a killed writer leaves
+    assert not (out / LOCK_NAME).exists() and not list(out.glob(TEMP_PREFIX + "*"))
+    assert (out / "notes.tmp").read_text() == "mine" and cn.Result.load(out).info["iterations"] == 2
+    write_lock(out, dead_pid())
     assert cli.main([str(a) for a in TINY + ["--out", out]]) == 0
-    assert f"reclaimed the stale lock of pid {pid}" in capsys.readouterr().err
-    assert not (out / LOCK_NAME).exists() and not list(out.glob(".*.tmp"))
-    (out / LOCK_NAME).write_text("")  # torn: killed between creating and writing (cannot happen
-    assert cli.main([str(a) for a in TINY + ["--out", out]]) == 0  # with link(), but is handled)
-    assert not (out / LOCK_NAME).exists()
+    (out / LOCK_NAME).write_text("")  # torn: killed between creating and writing it
+    assert cli.main([str(a) for a in TINY + ["--out", out]]) == 0
+    assert not (out / LOCK_NAME).exists() and (out / "notes.tmp").read_text() == "mine"
 
 
 # -- a full disk ----------------------------------------------------------------------------------
@@ -142,7 +146,7 @@ def test_a_write_that_fails_for_lack_of_space_names_the_file_and_keeps_the_old_r
     assert f"cannot write {out}/" in lines[0] and "File too large" in lines[0], lines[0]
     print(lines[0])
     assert files(out) == before, "every file of the previous result is as it was"
-    assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
+    assert not list(out.glob(TEMP_PREFIX + "*")) and not (out / LOCK_NAME).exists()
     assert cn.Result.load(out).info["iterations"] == 2
 
 
