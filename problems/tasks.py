@@ -12,6 +12,8 @@ settings in :data:`DEFAULTS`; every setting can be overridden in :func:`make`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -110,6 +112,25 @@ def _field_class(name, field_options=None):
     return cls, fields
 
 
+def _is_conv(dynamics: str) -> bool:
+    return "kernel" in _field_class(dynamics)[1]  # a convolutional field has a kernel size
+
+
+def _check_fits(name, dynamics, lift, field_options):
+    """Refuse a vector field (or a learned lift) that does not act on the samples of ``name``:
+    a convolutional one on vectors, a dense one on signals or images."""
+    _field_class(dynamics, field_options)
+    spatial = _is_conv(DEFAULTS[name]["dynamics"])
+    if _is_conv(dynamics) != spatial:
+        fits = sorted(k for k in cn.DYNAMICS if _is_conv(k) == spatial)
+        raise ValueError(f"problems.make: dynamics {dynamics!r} is {'dense' if spatial else 'convolutional'} "
+                         f"but the samples of {name} are {'signals or images' if spatial else 'vectors'}; "
+                         f"choose one of {fits}")
+    if lift == "conv" and not spatial:
+        raise ValueError(f"problems.make: lift='conv' learns a convolution over signals or images; the "
+                         f"samples of {name} are vectors: pass lift='zero' (or leave it out)")
+
+
 def _dynamics(name, hidden, activation, kernel, ndim, field_options=None):
     cls, fields = _field_class(name, field_options)
     opts = {"activation": activation} if "activation" in fields else {}
@@ -124,6 +145,46 @@ def _lift(name, kernel):
     if name not in LIFTS:
         raise ValueError(f"unknown lift {name!r}; choose one of {list(LIFTS)}")
     return None if name == "zero" else cn.ConvLift(kernel)
+
+
+#: make's options that count something, with their least value.
+_COUNTS = {"samples": 1, "test_samples": 0, "seed": 0, "width": 1, "layers": 1, "hidden": 1, "kernel": 1,
+           "lift_kernel": 1}
+#: make's options that are numbers: the horizon (> 0) and the weights (>= 0).
+_NUMBERS = ("horizon", "l2", "l1", "smoothness", "tracking", "readout_l2", "lift_l2")
+#: make's options that are names.
+_NAMES = ("dynamics", "activation", "integrator", "lift", "pooling")
+
+
+def _check_options(options: dict) -> None:
+    """Refuse, naming the option, a count that is not an integer at least its least value, a
+    number that is not a finite real (the horizon > 0, a weight >= 0), a name that is not a
+    string, and ``field_options`` that is not a dict; ``None`` means the problem's default."""
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in _COUNTS and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                               or value < _COUNTS[key]):
+            raise ValueError(f"problems.make: {key} must be an integer >= {_COUNTS[key]}, got {value!r}")
+        if key in _NUMBERS:
+            least = "> 0" if key == "horizon" else ">= 0"
+            real = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+            if not real or not np.isfinite(value) or value < 0 or (key == "horizon" and value == 0):
+                raise ValueError(f"problems.make: {key} must be a finite number {least}, got {value!r}")
+        if key in _NAMES and not isinstance(value, str):
+            raise ValueError(f"problems.make: {key} must be a name (a string), got {value!r}")
+    if not isinstance(options.get("field_options") or {}, dict):
+        raise ValueError(f"problems.make: field_options must be a dict of the vector field's options, "
+                         f"got {options['field_options']!r}")
+
+
+def _refuse_unknown(unknown: dict) -> None:
+    accepted = [k for k in inspect.signature(make).parameters if k not in ("name", "unknown")]
+    bad = sorted(unknown)
+    close = list(dict.fromkeys(m for k in bad for m in difflib.get_close_matches(k, accepted, n=1, cutoff=0.75)))
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise TypeError(f"problems.make() has no option {', '.join(map(repr, bad))}{hint}; its options are "
+                    f"{', '.join(accepted)}")
 
 
 def _split(name, samples, test_samples, seed):
@@ -152,6 +213,9 @@ def _split(name, samples, test_samples, seed):
         return (x[train], y[train]), ((x[held], y[held]) if n_test else None)
     generate = datasets.DATASETS[name]
     n_test = samples if test_samples is None else test_samples
+    if samples < 2 or n_test == 1:
+        key, n = ("samples", samples) if samples < 2 else ("test_samples", n_test)
+        raise ValueError(f"problems.make: {name} needs {key} >= 2 (0 for no test split), got {n}")
     test = generate(n_test, seed=seed + 10_000) if n_test else None
     return generate(samples, seed=seed), test
 
@@ -180,6 +244,7 @@ def make(
     lift_l2: float = 1e-3,
     pooling: str | None = None,
     field_options: dict | None = None,
+    **unknown,
 ) -> Task:
     """The problem ``name`` (one of :data:`PROBLEMS`); ``None`` options take :data:`DEFAULTS`.
 
@@ -192,14 +257,20 @@ def make(
     read-out of spatial states (``"mean"`` or ``"flatten"``). ``field_options`` are passed to the
     vector field's constructor, e.g. ``dynamics="lipschitz", field_options={"contractive_step":
     0.5, "expansive_step": 0.1547}``; they override ``activation`` and ``hidden``.
+
+    Bad options are refused before any data are made: an unknown keyword (``TypeError`` listing
+    the options), a size that is not a positive integer, a negative or non-finite weight.
     """
-    if name not in DEFAULTS:
+    if unknown:
+        _refuse_unknown(unknown)
+    _check_options({k: v for k, v in locals().items() if k not in ("name", "unknown")})
+    if not isinstance(name, str) or name not in DEFAULTS:
         raise ValueError(f"unknown problem {name!r}; choose one of {sorted(DEFAULTS)}")
     if integrator not in cn.INTEGRATORS:
         raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(cn.INTEGRATORS)}")
     d = {"samples": 500, "kernel": 3, "lift": "zero", "lift_kernel": 1, "pooling": "mean", **DEFAULTS[name]}
     opt = lambda v, k: d[k] if v is None else v  # noqa: E731
-    _field_class(opt(dynamics, "dynamics"), field_options)  # before the data are generated
+    _check_fits(name, opt(dynamics, "dynamics"), opt(lift, "lift"), field_options)  # before the data are made
     (x, y), test = _split(name, opt(samples, "samples"), test_samples, seed)
     ndim = np.ndim(x) - 2
     problem = cn.ControlProblem(
