@@ -213,9 +213,12 @@ def _split(name, samples, test_samples, seed):
         return (x[train], y[train]), ((x[held], y[held]) if n_test else None)
     generate = datasets.DATASETS[name]
     n_test = samples if test_samples is None else test_samples
-    if samples < 2 or n_test == 1:
-        key, n = ("samples", samples) if samples < 2 else ("test_samples", n_test)
-        raise ValueError(f"problems.make: {name} needs {key} >= 2 (0 for no test split), got {n}")
+    if samples < 2:
+        raise ValueError(f"problems.make: samples: the number of samples must be an integer >= 2 for "
+                         f"{name}, got {samples}")
+    if n_test == 1:
+        raise ValueError(f"problems.make: test_samples: the number of samples must be an integer >= 2 "
+                         f"for {name}, or 0 for no test split, got 1")
     test = generate(n_test, seed=seed + 10_000) if n_test else None
     return generate(samples, seed=seed), test
 
