@@ -168,14 +168,21 @@ def _check_options(options: dict) -> None:
             raise ValueError(f"problems.make: {key} must be an integer >= {_COUNTS[key]}, got {value!r}")
         if key in _NUMBERS:
             least = "> 0" if key == "horizon" else ">= 0"
-            real = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-            if not real or not np.isfinite(value) or value < 0 or (key == "horizon" and value == 0):
+            if not _is_real(value) or not np.isfinite(value) or value < 0 or (key == "horizon" and value == 0):
                 raise ValueError(f"problems.make: {key} must be a finite number {least}, got {value!r}")
         if key in _NAMES and not isinstance(value, str):
             raise ValueError(f"problems.make: {key} must be a name (a string), got {value!r}")
     if not isinstance(options.get("field_options") or {}, dict):
         raise ValueError(f"problems.make: field_options must be a dict of the vector field's options, "
                          f"got {options['field_options']!r}")
+
+
+def _is_real(value) -> bool:
+    """A real number: a Python, numpy or JAX scalar of an integer or floating type, not a bool."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+        return False
+    kind = np.asarray(value).dtype
+    return np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)
 
 
 def _refuse_unknown(unknown: dict) -> None:

@@ -53,6 +53,9 @@ def test_an_unknown_keyword_lists_the_options(no_data):
     ("ring", dict(tracking="a"), "tracking must be a finite number >= 0, got 'a'"),
     ("ring", dict(l1=float("nan")), "l1 must be a finite number >= 0, got nan"),
     ("ring", dict(readout_l2=-1), "readout_l2 must be a finite number >= 0, got -1"),
+    ("ring", dict(l2=True), "l2 must be a finite number >= 0, got True"),
+    ("ring", dict(l2=np.ones(2)), "l2 must be a finite number >= 0, got array"),
+    ("ring", dict(l2=1j), "l2 must be a finite number >= 0, got 1j"),
     ("ring", dict(activation=3), "activation must be a name \\(a string\\), got 3"),
     ("ring", dict(field_options=[1]), "field_options must be a dict"),
     ("ring", dict(dynamics="conv"), "dynamics 'conv' is convolutional but the samples of ring are vectors"),
@@ -70,6 +73,9 @@ def test_a_name_that_is_not_a_string_is_an_unknown_problem():
 
 
 def test_numpy_integers_and_floats_are_accepted():
+    import jax.numpy as jnp
+
     task = problems.make("ring", samples=np.int64(8), test_samples=np.int32(0), layers=np.int64(2),
-                         horizon=np.float32(1.0), l2=np.float64(0.0), seed=np.uint8(3))
+                         horizon=np.float32(1.0), l2=np.float64(0.0), seed=np.uint8(3), tracking=jnp.float32(0.5),
+                         l1=0)
     assert task.problem.x.shape == (8, 2) and task.problem.N == 2 and task.test is None
