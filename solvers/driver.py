@@ -118,14 +118,14 @@ def _call_args(n, target=None, tol=None):
     return np.asarray(n, np.int32), off(target), off(tol)
 
 
-def _compile(solver, problem, state):
-    """Compile the iterations for ``(solver, problem, state)``: ``(run, names, seconds)``.
+def _compile(arg, problem, state):
+    """Compile the iterations for ``(arg, problem, state)`` (``arg``: the solver as
+    :func:`~solvers.protocol.as_argument` gives it): ``(run, names, seconds)``.
 
     ``run(problem, state, *_call_args(n, target, tol))`` runs a call (jit's cache then holds the
     program: nothing is compiled twice, and a later solve of the same structure compiles
     nothing); ``names`` are the ``info`` keys in the order of each row (:func:`_unpack`).
     """
-    arg = as_argument(solver)
     t0 = time.perf_counter()
     _run_jit.lower(arg, problem, state, *_call_args(1)).compile()
     seconds = time.perf_counter() - t0
@@ -293,6 +293,7 @@ def solve(
         return solver.run(problem, controls, budget, key=key, seed=seed, test=test, progress=progress,
                           callback=callback)
     check_checkpoint_path(ck.path)
+    arg = as_argument(solver)
     key = jax.random.PRNGKey(seed) if key is None else key
     state = solver.init(problem, controls, key=key)
     problem_fingerprint = fingerprint(problem)
@@ -301,7 +302,7 @@ def solve(
     save = checkpoint_writer(ck.path, history, meta)
 
     with SigintFlag() as stop:
-        step, names, compile_time = _compile(solver, problem, state)  # timed apart
+        step, names, compile_time = _compile(arg, problem, state)  # timed apart
         loop = _Loop(step, names, problem, state, start_it, history, callback, budget)
         bar = _progress_bar(progress, budget.max_iters, start_it, name)
         start = time.perf_counter()
@@ -329,8 +330,8 @@ def solve(
     }
     summary.update(evaluate(problem, final, test))
     if loop.status == "diverged":
-        warnings.warn(f"{name} diverged at iteration {loop.diverged_at} ({loop.why}); keeping "
-                      f"iterate {loop.kept}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"{name} diverged at iteration {loop.diverged_at} ({loop.why}); keeping iterate "
+                      f"{loop.kept}, {loop.which}", RuntimeWarning, stacklevel=2)
     hist = {k: np.asarray(v) for k, v in history.items()}
     return cn.Result(final, hist, loop.status, summary)
 
@@ -355,7 +356,7 @@ class _Loop:
         self.target_loss, self.tol = budget.target_loss, budget.tol
         self.max_iters, self.max_seconds = budget.max_iters, budget.max_seconds
         self.status, self.diverged_at, self.keep, self.before = "max_iters", None, None, None
-        self.kept, self.why, self.best = None, None, None
+        self.kept, self.why, self.which, self.best = None, None, None, None
         self.watch = DivergenceWatch(budget.divergence_factor, budget.divergence_patience)
         for loss in history.get("loss", []):  # a resumed run decides as an uninterrupted one
             self.watch.see(loss)
@@ -422,12 +423,13 @@ class _Loop:
 
     def _diverged(self, at, row, kept, why):
         self.status, self.diverged_at, self.kept, self.why = "diverged", at, kept, why
+        self.which = "the last finite one"
         self.keep = _replay(self.step, self.problem, self.state, row, self.before)
 
     def _diverged_by_trend(self):
         start, row, kept, loss = self.best
         w = self.watch
         self.status, self.diverged_at, self.kept = "diverged", self.it, kept
-        self.why = (f"loss above {w.factor:g} x its best {w.best:.4g} for {w.patience} iterations; "
-                    f"the best since this solve started, {loss:.4g}, is iterate {kept}")
+        self.why = f"loss above {w.factor:g} x its best {w.best:.4g} for {w.patience} iterations"
+        self.which = f"the lowest loss since this solve started ({loss:.4g})"
         self.keep = _replay(self.step, self.problem, start, row)
