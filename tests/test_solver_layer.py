@@ -48,16 +48,20 @@ def _leaves_equal(a, b):
 # -- numbers as leaves ------------------------------------------------------------------------------
 def test_solves_differing_only_in_the_learning_rate_compile_once():
     run = lambda solver: solvers.solve(solver, P, C0, max_iters=6, progress=False)  # noqa: E731
-    first, n_first = _compiles(lambda: run(solvers.GradientDescent(lr=1e-2)))
+    first = run(solvers.GradientDescent(lr=1e-2))  # compiles, unless an earlier test did
     other, n_other = _compiles(lambda: run(solvers.GradientDescent(lr=3e-2)))
     same, n_same = _compiles(lambda: run(solvers.GradientDescent(solvers.Adam(), lr=1e-2)))
-    assert n_first >= 1 and n_other == 0 and n_same == 0
-    assert other.info["compile_time"] < first.info["compile_time"]
+    assert n_other == 0 and n_same == 0
     assert not np.array_equal(first.history["loss"][1:], other.history["loss"][1:])  # lr reached the step
     assert np.array_equal(first.history["loss"], same.history["loss"]) and _leaves_equal(first.controls, same.controls)
-    # The leaf gives the very numbers a constant learning rate gives (optax's own adam).
-    closure = run(solvers.GradientDescent(optax.adam(1e-2)))
-    np.testing.assert_array_equal(closure.history["loss"], first.history["loss"])
+    # A new optax closure is new structure: it compiles (the counter sees compiles). Its constant
+    # learning rate is folded into the program, the leaf is multiplied at run time: the same
+    # iterates to round-off (measured: 1 ulp after these 6 steps, 2e-14 relative after 200).
+    closure, n_closure = _compiles(lambda: run(solvers.GradientDescent(optax.adam(1e-2))))
+    assert n_closure >= 1 and closure.info["compile_time"] > 0
+    np.testing.assert_allclose(closure.history["loss"], first.history["loss"], rtol=1e-14, atol=0)
+    for a, b in zip(jax.tree_util.tree_leaves(closure.controls), jax.tree_util.tree_leaves(first.controls)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
 
 
 def test_proximal_gradient_steps_compile_once():
@@ -75,9 +79,10 @@ def test_sgd_momentum_is_a_leaf_and_none_is_another_structure():
     run(solvers.SGD(momentum=0.5))
     _, n = _compiles(lambda: run(solvers.SGD(momentum=0.9)))
     assert n == 0
-    plain = run(solvers.SGD())
+    plain = run(solvers.SGD())  # no momentum: optax.sgd's plain step (to round-off, as for Adam)
     ref = solvers.solve(solvers.GradientDescent(optax.sgd(0.1)), P, C0, max_iters=3, progress=False)
-    np.testing.assert_array_equal(plain.history["loss"], ref.history["loss"])
+    np.testing.assert_allclose(plain.history["loss"], ref.history["loss"], rtol=1e-14, atol=0)
+    assert jax.tree_util.tree_structure(solvers.SGD()) != jax.tree_util.tree_structure(solvers.SGD(momentum=0.5))
 
 
 def test_gradient_descent_is_a_value():
