@@ -320,3 +320,16 @@ def test_the_watch_needs_both_bounds_and_a_streak():
     w = DivergenceWatch(10.0, 3)
     assert [w.see(v) for v in [1.0, 0.1, 5.0, 0.5, 5.0, 5.0, 5.0]] == [False] * 6 + [True]  # streaks reset
     assert not any(DivergenceWatch(None, 1).see(v) for v in [1.0, 1e9, 1e18])
+
+
+@pytest.mark.filterwarnings("ignore:.*diverged at iteration:RuntimeWarning")
+def test_a_non_finite_loss_still_keeps_the_last_finite_iterate_and_names_it():
+    # Before the trend can see it: the step overflows float64 within a few iterations.
+    r = solvers.solve(solvers.GradientDescent(optax.sgd(1e50)), P, C0, max_iters=100, progress=False)
+    j = r.info["diverged_at"]
+    assert r.status == "diverged" and len(r.history["loss"]) == j < 20
+    assert r.info["kept_iteration"] == j - 1
+    assert _loss(r.controls) == pytest.approx(r.history["loss"][-1], rel=1e-12)
+    # A run that ends on its budget returns its last iterate, and says which.
+    ok = solvers.solve(solvers.GradientDescent(), P, C0, max_iters=4, progress=False)
+    assert ok.info["kept_iteration"] == 4 and ok.info["diverged_at"] is None
