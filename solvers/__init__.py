@@ -1,23 +1,28 @@
 """Solvers of the control problem; each imports :mod:`controlnet` only.
 
-Every solver has ``init(problem, controls, *, key)`` and a pure ``step(problem, state)`` (or,
-for a one-shot method, ``run``) and a class attribute ``name``; :func:`solve` drives any of
-them. :data:`SOLVERS` is the registry the command line and :func:`make_solver` use.
+A solver is a *step solver* (``name``, ``init(problem, controls, *, key)``, a pure
+``step(problem, state)``) or a *one-shot solver* (``name``, ``run(problem, controls, budget,
+...)``), as :mod:`solvers.protocol` writes down; :func:`solve` drives either. :data:`SOLVERS` is
+the registry the command line and :func:`make_solver` use. The studies built on ``solve`` are
+the submodules :mod:`solvers.compare` and :mod:`solvers.depth_study`.
 """
 
+from . import compare, depth_study
 from .config import Budget, Checkpoints
 from .direct import Direct
 from .discrete import DiscreteMSA
 from .driver import evaluate, solve
-from .gd import GradientDescent
+from .gd import SGD, Adam, GradientDescent
 from .msa import MSA, ExtendedMSA
+from .protocol import OneShotSolver, StepSolver
 from .proximal import ProximalGradient
 
 #: Solver classes by their ``name`` (the names the CLI takes).
 SOLVERS = {cls.name: cls for cls in (GradientDescent, MSA, ExtendedMSA, DiscreteMSA, ProximalGradient, Direct)}
 
-__all__ = ["SOLVERS", "make_solver", "solve", "evaluate", "Budget", "Checkpoints", "GradientDescent", "MSA", "ExtendedMSA", "DiscreteMSA",
-           "ProximalGradient", "Direct"]
+__all__ = ["SOLVERS", "make_solver", "solve", "evaluate", "Budget", "Checkpoints", "GradientDescent", "Adam",
+           "SGD", "MSA", "ExtendedMSA", "DiscreteMSA", "ProximalGradient", "Direct", "StepSolver",
+           "OneShotSolver", "compare", "depth_study"]
 
 
 def make_solver(name: str, **options):

@@ -15,12 +15,13 @@ The same options may be passed one by one (``solve(..., max_iters=2000, checkpoi
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Budget", "Checkpoints", "MAX_STEPS_PER_CALL"]
+__all__ = ["Budget", "Checkpoints", "MAX_STEPS_PER_CALL", "grouped"]
 
 #: A compiled call runs at most this many iterations (``solve(steps_per_call=...)``).
 MAX_STEPS_PER_CALL = 128
@@ -46,22 +47,38 @@ class Budget:
         tol: stop once ``info["grad_norm"] <= tol`` (``"converged"``); the direct solver passes
             it to IPOPT as its tolerance on the scaled KKT error.
         target_loss: stop once the loss is ``<= target_loss`` (``"target"``).
+        divergence_factor, divergence_patience: stop with ``"diverged"`` once the loss has been
+            above ``divergence_factor`` times its best (and above its first value) for
+            ``divergence_patience`` consecutive iterations, keeping the best iterate
+            (:mod:`solvers.divergence`); ``divergence_factor=None`` turns this off. A non-finite
+            number stops a solve whatever these say.
+
+    ``max_seconds=math.inf`` is no limit, as ``None`` is.
     """
 
     max_iters: int = 100
     max_seconds: float | None = None
     tol: float | None = None
     target_loss: float | None = None
+    divergence_factor: float | None = 10.0
+    divergence_patience: int = 20
 
     def __post_init__(self):
         if not is_count(self.max_iters):
             raise ValueError(f"max_iters must be an integer >= 0, got {self.max_iters!r}")
         if self.max_seconds is not None and not (_number(self.max_seconds) and self.max_seconds > 0):
-            raise ValueError(f"max_seconds must be positive, got {self.max_seconds!r}")
+            raise ValueError(f"max_seconds must be positive (or None: no limit), got {self.max_seconds!r}")
+        if self.max_seconds is not None and math.isinf(self.max_seconds):
+            object.__setattr__(self, "max_seconds", None)  # no limit, as None
         if self.tol is not None and not (_number(self.tol) and self.tol >= 0):
             raise ValueError(f"tol must be a number >= 0 or None, got {self.tol!r}")
-        if self.target_loss is not None and not _number(self.target_loss):
-            raise ValueError(f"target_loss must be a number or None, got {self.target_loss!r}")
+        if self.target_loss is not None and not (_number(self.target_loss) and not math.isnan(self.target_loss)):
+            raise ValueError(f"target_loss must be a number (not NaN) or None, got {self.target_loss!r}")
+        f = self.divergence_factor
+        if f is not None and not (_number(f) and math.isfinite(f) and f > 1):
+            raise ValueError(f"divergence_factor must be a finite number > 1 (or None: off), got {f!r}")
+        if not is_count(self.divergence_patience, 1):
+            raise ValueError(f"divergence_patience must be an integer >= 1, got {self.divergence_patience!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,3 +112,21 @@ class Checkpoints:
             raise ValueError("checkpoint_every needs a checkpoint file; pass checkpoint=path")
         if self.meta is not None and not isinstance(self.meta, dict):
             raise TypeError(f"checkpoint meta must be a dict, got {type(self.meta).__name__}")
+
+
+#: ``solve``'s one-by-one spelling of the configuration objects' fields, for error messages.
+SPELLED = {"path": "checkpoint", "every": "checkpoint_every", "resume": "resume", "meta": "checkpoint_meta"}
+
+
+def grouped(cls, name, given, **fields):
+    """``given`` (an instance of ``cls``), or ``cls`` built from the options passed one by one;
+    both at once is an error (which would win is not obvious)."""
+    loose = {k: v for k, v in fields.items() if v is not None}
+    if given is None:
+        return cls(**loose)
+    if not isinstance(given, cls):
+        raise TypeError(f"{name} must be a solvers.{cls.__name__}, got {type(given).__name__}")
+    if loose:
+        spelled = ", ".join(SPELLED.get(k, k) for k in loose)
+        raise TypeError(f"pass {spelled} inside {name}={cls.__name__}(...) or on its own, not both")
+    return given

@@ -1,27 +1,37 @@
-"""Gradient descent: the gradient of ``J`` fed to any optax optimizer.
+"""Gradient descent: the gradient of ``J`` fed to an optax optimizer.
 
 ``∇J`` comes from the adjoint module (``gradient="adjoint"``, default) or from ``jax.grad``
 through the forward pass (``gradient="autodiff"``); both agree to round-off. With
 ``batch_size`` set, each step draws a minibatch without replacement and follows the gradient of
 the problem restricted to it (the reported ``loss`` is then the minibatch loss).
+
+The optimizer is a strategy object (:class:`Adam`, :class:`SGD`) that builds its optax
+transformation from the learning rate inside ``init`` and ``step``. The learning rate and the
+optimizer's numbers are pytree leaves, so a sweep over them compiles one program::
+
+    GradientDescent(Adam(), lr=1e-2)        # the default
+    GradientDescent(SGD(momentum=0.9), lr=0.1)
+    GradientDescent(optax.adam(schedule))   # any optax transformation, kept as it is
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, ClassVar, NamedTuple
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 
 import controlnet as cn
+from controlnet.pytrees import pytree_dataclass, static_field
 
+from .blocks import auto_block
 from .minibatch import minibatch
+from .options import Family
 from .trees import tree_norm
 
-__all__ = ["GradientDescent", "GDState", "auto_block", "AUTO_CHECKPOINT_BYTES"]
+__all__ = ["GradientDescent", "GDState", "Optimizer", "Adam", "SGD", "Transformation"]
 
 
 class GDState(NamedTuple):
@@ -30,55 +40,133 @@ class GDState(NamedTuple):
     key: jax.Array
 
 
-#: ``checkpoint_block="auto"`` checkpoints once the gradient's kept residuals would pass this.
-AUTO_CHECKPOINT_BYTES = 512 * 2**20
+def _checked_number(owner, name, v, *, low=0.0, strict=True, upper=None):
+    """``v`` as a Python float, refused unless finite and above ``low`` (below ``upper``); a
+    traced value passes unchecked (its value is not known)."""
+    if isinstance(v, jax.core.Tracer):
+        return v
+    ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ok = ok and (float(v) > low if strict else float(v) >= low) and (upper is None or float(v) < upper)
+    if not ok:
+        bound = f"> {low}" if strict else f">= {low}"
+        bound += f" and < {upper}" if upper is not None else ""
+        raise ValueError(f"{owner} {name} must be a finite number {bound}, got {v!r}")
+    return float(v)
 
 
-def auto_block(problem, budget: int | None = None):
-    """The block of ``checkpoint_block="auto"`` for ``problem``.
+class Optimizer(Family):
+    """The optimizer of :class:`GradientDescent`: ``build(lr)`` is its optax transformation.
 
-    The fast gradient keeps the forward pass's states, ``N S d`` numbers (``d`` the size of one
-    sample's state, ``C L`` for a signal) (each layer is
-    re-linearized from its state in the backward pass; measured at ``S = 1e5``, ``N = 1,000``,
-    ``d = 3`` in float32: 1.12 GB of XLA temporaries, 1.45 GB peak RSS). Within ``budget``
-    bytes: ``None`` (no checkpointing). Beyond: the divisor ``B`` of ``N`` nearest ``√N``, which
-    keeps ``O((N/B + B) S d)`` (0.08 GB of temporaries there, 0.45 GB peak RSS, and no slower
-    per step at that size: 1.13 s against 1.22 s). ``budget`` defaults to
-    :data:`AUTO_CHECKPOINT_BYTES`.
+    ``lr`` may be a traced value (the driver passes the solver to its compiled loop), so
+    ``build`` must use it only in arithmetic, never in Python control flow.
     """
-    budget = AUTO_CHECKPOINT_BYTES if budget is None else budget
-    kept = problem.N * problem.S * math.prod(problem.state_shape) * jnp.dtype(problem.x.dtype).itemsize
-    if kept <= budget:
-        return None
-    N = problem.N
-    return min((b for b in range(1, N + 1) if N % b == 0), key=lambda b: abs(b * b - N))
+
+    def build(self, lr) -> optax.GradientTransformation:
+        raise NotImplementedError
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015): ``optax.adam(lr, b1, b2, eps)``; ``b1, b2, eps`` are leaves."""
+
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    name: ClassVar[str] = "adam"
+
+    def __post_init__(self):
+        for f, v in (("b1", self.b1), ("b2", self.b2)):
+            object.__setattr__(self, f, _checked_number("Adam", f, v, strict=False, upper=1.0))
+        object.__setattr__(self, "eps", _checked_number("Adam", "eps", self.eps))
+
+    def build(self, lr):
+        return optax.adam(lr, b1=self.b1, b2=self.b2, eps=self.eps)
+
+
+@pytree_dataclass
+class SGD(Optimizer):
+    """Stochastic gradient descent, ``θ ← θ − lr·g`` (heavy-ball ``momentum`` when given, a leaf;
+    ``nesterov`` is structure): ``optax.sgd(lr, momentum, nesterov)``."""
+
+    momentum: float | None = None
+    nesterov: bool = static_field(default=False)
+    name: ClassVar[str] = "sgd"
+
+    def __post_init__(self):
+        if self.momentum is not None:
+            object.__setattr__(self, "momentum", _checked_number("SGD", "momentum", self.momentum,
+                                                                 strict=False, upper=1.0))
+        if not isinstance(self.nesterov, bool):
+            raise ValueError(f"SGD nesterov must be True or False, got {self.nesterov!r}")
+        if self.nesterov and self.momentum is None:
+            raise ValueError("SGD nesterov=True needs a momentum; pass SGD(momentum=0.9, nesterov=True)")
+
+    def build(self, lr):
+        return optax.sgd(lr, momentum=self.momentum, nesterov=self.nesterov)
+
+
+@pytree_dataclass
+class Transformation(Optimizer):
+    """Any optax transformation, as given (``GradientDescent(optax.adam(schedule))``).
+
+    It is structure, not data: two are equal only if they are the same object (optax closures
+    compare by identity), so each one compiles its own program. Its learning rate is its own:
+    pass a named optimizer (:class:`Adam`, :class:`SGD`) with ``lr`` to sweep one.
+    """
+
+    transformation: optax.GradientTransformation = static_field()
+
+    def __post_init__(self):
+        if not isinstance(self.transformation, optax.GradientTransformation):
+            raise TypeError(f"optimizer must be Adam(), SGD(...) or an optax.GradientTransformation "
+                            f"(e.g. optax.adam(1e-2)), got {type(self.transformation).__name__}")
+
+    def build(self, lr):
+        return self.transformation
+
+
+@pytree_dataclass
 class GradientDescent:
-    """Gradient descent with an optax optimizer (Adam, learning rate 1e-2, by default).
+    """Gradient descent with an optimizer (Adam with learning rate ``lr = 1e-2`` by default).
 
-    ``checkpoint_block``: ``"auto"`` (default) keeps every residual of the forward pass unless
-    they would take more than :data:`AUTO_CHECKPOINT_BYTES`, then checkpoints blocks of about
-    ``√N`` layers (:func:`auto_block`); an integer ``B`` (a divisor of ``N``) always checkpoints
-    blocks of ``B`` layers; ``None`` never does.
+    Args:
+        optimizer: :class:`Adam` (default), :class:`SGD`, or any ``optax.GradientTransformation``
+            (then wrapped in :class:`Transformation`, and ``lr`` is not taken: it has its own).
+        batch_size: samples per minibatch (``None``: the whole data set).
+        gradient: ``"adjoint"`` (default) or ``"autodiff"``.
+        checkpoint_block: ``"auto"`` (default) keeps every state of the forward pass unless
+            they would take more than :data:`solvers.blocks.AUTO_CHECKPOINT_BYTES`, then
+            checkpoints blocks of about ``√N`` layers (:func:`solvers.blocks.auto_block`); an
+            integer ``B`` (a divisor of ``N``) always checkpoints blocks of ``B`` layers; ``None``
+            never does.
+        lr: the learning rate of a named optimizer (a leaf: changing it does not recompile).
     """
 
-    optimizer: Any = None
-    batch_size: int | None = None
-    gradient: str = "adjoint"
-    checkpoint_block: int | str | None = "auto"
+    optimizer: Optimizer | optax.GradientTransformation | None = None
+    batch_size: int | None = static_field(default=None)
+    gradient: str = static_field(default="adjoint")
+    checkpoint_block: int | str | None = static_field(default="auto")
+    lr: float | None = None
     name: ClassVar[str] = "gd"
 
     def __post_init__(self):
-        if self.optimizer is None:
-            object.__setattr__(self, "optimizer", optax.adam(1e-2))
-        if not isinstance(self.optimizer, optax.GradientTransformation):
-            raise TypeError("optimizer must be an optax.GradientTransformation, e.g. optax.adam(1e-2)")
+        opt = Adam() if self.optimizer is None else self.optimizer
+        if not isinstance(opt, Optimizer):
+            opt = Transformation(opt)
+        object.__setattr__(self, "optimizer", opt)
+        if isinstance(opt, Transformation):
+            if self.lr is not None:
+                raise ValueError("lr applies to a named optimizer (Adam(), SGD()); an optax "
+                                 "transformation carries its own learning rate: pass one or the other")
+        else:
+            lr = 1e-2 if self.lr is None else self.lr
+            object.__setattr__(self, "lr", _checked_number("GradientDescent", "lr", lr))
         if self.gradient not in ("adjoint", "autodiff"):
             raise ValueError(f"gradient must be 'adjoint' or 'autodiff', got {self.gradient!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
+        bs = self.batch_size
+        if bs is not None and (not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {bs!r}")
+        object.__setattr__(self, "batch_size", None if bs is None else int(bs))
         cb = self.checkpoint_block
         if not (cb is None or cb == "auto" or (isinstance(cb, int) and not isinstance(cb, bool) and cb >= 1)):
             raise ValueError(f"checkpoint_block must be 'auto', None or a positive integer (a divisor "
@@ -86,16 +174,19 @@ class GradientDescent:
         if isinstance(cb, int) and self.gradient != "adjoint":
             raise ValueError("checkpoint_block needs gradient='adjoint' (the checkpointed adjoint pass)")
 
+    def transformation(self) -> optax.GradientTransformation:
+        """The optax transformation this solver applies (built from ``lr``, possibly traced)."""
+        return self.optimizer.build(self.lr)
+
     def init(self, problem, controls, *, key):
-        return GDState(controls, self.optimizer.init(controls), key)
+        return GDState(controls, self.transformation().init(controls), key)
 
     def value_and_grad(self, problem, controls):
         """``(J, ∇J, z_N)`` by the chosen gradient method.
 
         The adjoint path keeps no co-state trajectory; with a checkpoint block ``B`` it keeps only
         every ``B``-th state too (:func:`controlnet.value_and_gradient`), for one extra forward
-        pass: the way to fit ``S = 1e5`` samples through ``N = 1000`` layers in 2 GB, which
-        ``checkpoint_block="auto"`` chooses by itself.
+        pass, which ``checkpoint_block="auto"`` chooses by itself when the states would not fit.
         """
         if self.gradient == "adjoint":
             block = auto_block(problem) if self.checkpoint_block == "auto" else self.checkpoint_block
@@ -109,7 +200,7 @@ class GradientDescent:
             key, sub = jax.random.split(state.key)
             batch = minibatch(problem, sub, self.batch_size)
         J, g, zN = self.value_and_grad(batch, state.controls)
-        updates, opt_state = self.optimizer.update(g, state.opt_state, state.controls)
+        updates, opt_state = self.transformation().update(g, state.opt_state, state.controls)
         controls = optax.apply_updates(state.controls, updates)
         accuracy = batch.loss.accuracy(batch.readout(zN, state.controls.w), batch.y)
         info = {"loss": J, "accuracy": accuracy, "grad_norm": tree_norm(g)}

@@ -24,17 +24,19 @@ can be observed rather than approximated.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
 import controlnet as cn
 from controlnet.costs import l1 as l1_norm
+from controlnet.pytrees import pytree_dataclass
 
-from .gd import auto_block
+from .blocks import auto_block
 from .trees import tree_norm
 
 __all__ = ["ProximalGradient", "PGDState", "soft_threshold", "smooth_gradient"]
@@ -71,14 +73,14 @@ def smooth_gradient(problem, controls, grad):
 
 
 def _finite_number(v):
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(v)
 
 
 def _dot(a, b):
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class ProximalGradient:
     """Proximal gradient descent (ISTA) with a backtracking step; module doc.
 
@@ -97,6 +99,8 @@ class ProximalGradient:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not (_finite_number(self.grow) and self.grow >= 1):
             raise ValueError(f"grow must be a number >= 1, got {self.grow!r}")
+        object.__setattr__(self, "lr", float(self.lr))
+        object.__setattr__(self, "grow", float(self.grow))
 
     def init(self, problem, controls, *, key):
         return PGDState(controls, jnp.asarray(self.lr, jnp.result_type(float)), key)

@@ -122,7 +122,7 @@ def test_checkpointed_gradient_descent_follows_the_same_path(ring):
 def test_auto_checkpoint_block_follows_the_memory_budget(ring, monkeypatch):
     """"auto" keeps every residual of a small problem and checkpoints blocks of about √N layers
     past the budget, on the same path: the iterates agree to round-off."""
-    from solvers.gd import auto_block
+    from solvers.blocks import auto_block
 
     p = ring.problem  # N = 20 layers
     kept = p.N * p.S * p.width * p.x.dtype.itemsize  # the states the fast gradient keeps
@@ -130,7 +130,7 @@ def test_auto_checkpoint_block_follows_the_memory_budget(ring, monkeypatch):
     assert auto_block(p, budget=kept - 1) == 4  # the divisor of 20 nearest √20
     c0 = p.init_controls(jax.random.PRNGKey(4))
     plain = solvers.solve(solvers.GradientDescent(optax.adam(1e-2), checkpoint_block=None), p, c0, max_iters=5)
-    monkeypatch.setattr(solvers.gd, "AUTO_CHECKPOINT_BYTES", 0)
+    monkeypatch.setattr(solvers.blocks, "AUTO_CHECKPOINT_BYTES", 0)
     seen = []
     real = cn.value_and_gradient
     monkeypatch.setattr(cn, "value_and_gradient", lambda *a, block=None: seen.append(block) or real(*a, block=block))

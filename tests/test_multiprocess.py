@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(r"""
     import numpy as np
     import optax
     import problems, solvers
-    from solvers.driver import _fingerprint
+    from solvers.checkpointing import fingerprint
     from solvers.msa import ExtendedMSA
     from solvers.sharding import data_mesh, replicate, shard_problem
 
@@ -42,8 +42,8 @@ WORKER = textwrap.dedent(r"""
     ps, cs = shard_problem(mine, mesh), replicate(c0, mesh)
     out = {"process": jax.process_index(), "global_devices": len(jax.devices()),
            "local_devices": len(jax.local_devices()), "global_rows": int(ps.x.shape[0]),
-           "fingerprint_global": _fingerprint(ps)["data_sha256"],
-           "fingerprint_single": _fingerprint(p)["data_sha256"]}
+           "fingerprint_global": fingerprint(ps)["data_sha256"],
+           "fingerprint_single": fingerprint(p)["data_sha256"]}
     for name, solver, iters in [("gd", solvers.GradientDescent(optax.adam(2e-2)), 30),
                                 ("emsa", ExtendedMSA(), 10)]:
         with jax.default_device(jax.local_devices()[0]):

@@ -20,7 +20,6 @@ import pytest
 import controlnet as cn
 import solvers
 from controlnet.adjoint import _pull, _pullback
-from solvers.driver import _compiled_step
 
 
 def _problem(N=12, S=40, **weights):
