@@ -282,3 +282,17 @@ def test_importing_the_msa_solvers_loads_no_casadi():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False []", out
+
+
+def test_the_inner_optimizer_state_carries_across_iterations(ring):
+    """``carry_inner_state=True``: Adam's step count (one inner step per iteration) advances with
+    the iterations, as in one optimizer run; ``False``: nothing is carried."""
+    p, c = ring
+    s = msa.ExtendedMSA(inner_optimizer=optax.adam(1e-2), inner_steps=1, adaptive=False)
+    state = s.init(p, c, key=jax.random.PRNGKey(0))
+    step = jax.jit(s.step)
+    for _ in range(3):
+        state, _ = step(p, state)
+    assert int(state.inner_state[0].count) == 3
+    fresh = dataclasses.replace(s, carry_inner_state=False)
+    assert fresh.init(p, c, key=jax.random.PRNGKey(0)).inner_state == ()
