@@ -51,8 +51,7 @@ THETA = lambda state: state.controls.theta  # noqa: E731
 
 
 @pytest.mark.parametrize("make, values, moved", [
-    (lambda v: msa.ExtendedMSA(rho=v, inner="optax"), (5.0, 6.0), THETA),
-    (lambda v: msa.ExtendedMSA(inner_lr=v, inner="optax", adaptive=False), (0.5, 0.2), THETA),
+    (lambda v: msa.ExtendedMSA(rho=v, inner_lr=v / 10, inner="optax"), (5.0, 6.0), THETA),
     (lambda v: msa.MSA(inner_lr=v, inner_steps=2), (0.05, 0.02), THETA),
     # Binary weights may keep their signs: the accumulator M = θ⁰ + η g shows the new η.
     (lambda v: DiscreteMSA(lr=v, rho=0.1), (1.0, 0.3), lambda state: state.accumulator),
@@ -66,11 +65,10 @@ def test_a_changed_number_traces_once_and_changes_the_result(ring, make, values,
     (sa, ia), (sb, ib) = run(a, p, c, key), run(b, p, c, key)
     assert len(traces) == 1, "a different number must not retrace"
     assert not np.allclose(np.asarray(moved(sa)["W"]), np.asarray(moved(sb)["W"]))
-    # The traced number gives what the same solver gives with it as a constant.
-    for s, (state, info) in ((a, (sa, ia)), (b, (sb, ib))):
-        want_state, want_info = jax.jit(s.step)(p, s.init(p, c, key=key))
-        _leaves_close(state.controls, want_state.controls, rtol=1e-12, atol=1e-15)
-        _leaves_close(info, want_info, rtol=1e-12, atol=1e-15)
+    # The traced numbers give what the same solver gives with them as constants.
+    want_state, want_info = jax.jit(b.step)(p, b.init(p, c, key=key))
+    _leaves_close(sb.controls, want_state.controls, rtol=1e-12, atol=1e-15)
+    _leaves_close(ib, want_info, rtol=1e-12, atol=1e-15)
     run(make(values[0]), p, c, key)  # an equal configuration: the same program
     assert len(traces) == 1
 
@@ -197,7 +195,7 @@ def linear():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (30, 2))
     y = (x[:, 0] * x[:, 1] > 0).astype(np.int64)
-    p = cn.ControlProblem(Linear(), cn.Euler(), 4, 3, cn.SoftmaxCrossEntropy(2), x, y, T=1.0, l2=1e-2,
+    p = cn.ControlProblem(Linear(), cn.Euler(), 3, 3, cn.SoftmaxCrossEntropy(2), x, y, T=1.0, l2=1e-2,
                           smoothness=0.1)
     return p, p.init_controls(jax.random.PRNGKey(2))
 
@@ -218,7 +216,7 @@ def test_a_new_field_gets_every_solver_with_no_solver_change(linear):
     assert not msa.has_closed_form(p) and msa.inner_method(msa.ExtendedMSA(), p) == "optax"
     J0 = float(cn.objective_value(p, c))
     for solver in (msa.ExtendedMSA(), msa.MSA(inner_steps=3), solvers.GradientDescent(optax.adam(0.05))):
-        r = solvers.solve(solver, p, c, max_iters=10, progress=False)
+        r = solvers.solve(solver, p, c, max_iters=6, progress=False)
         assert float(cn.objective_value(p, r.controls)) < J0, solver.name
         if solver.name == "emsa":
             loss = r.history["loss"]
