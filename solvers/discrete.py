@@ -19,7 +19,7 @@ With ``λ = ρ = 0`` this is Li & Hao's rule: binary ``θ = s·sign(M)``, ternar
 error control of extended MSA on the discrete set: a weight flips sign only when ``|M| > ρs``.
 Matrix leaves (``W``, ``A``, ``B``) are discrete; vectors (biases) stay continuous and take the
 gradient-ascent step ``θ + η_b g`` on the same Hamiltonian. The read-out ``w`` is continuous and
-updated as in :mod:`solvers.msa` (safeguarded Newton step on ``Φ + tracking``).
+updated as in :mod:`solvers.msa` (safeguarded Newton step on ``Φ + tracking``, :mod:`solvers.msa.readout`).
 
 Logged: ``loss``, ``accuracy``, ``grad_norm`` (of ``J`` at the incoming iterate), ``dH`` (as in
 :mod:`solvers.msa`), and ``flips``, the fraction of discrete weights that changed.
@@ -27,17 +27,18 @@ Logged: ``loss``, ``accuracy``, ``grad_norm`` (of ``J`` at the incoming iterate)
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import controlnet as cn
+from controlnet.pytrees import pytree_dataclass, static_field
 
 from .minibatch import minibatch
+from .msa.readout import readout_newton
 from .trees import tree_norm
-from .msa import readout_newton
 
 __all__ = ["DiscreteMSA", "DiscreteState", "quantize"]
 
@@ -66,7 +67,7 @@ def _is_discrete(leaf):
     return leaf.ndim >= 3  # stacked over layers: (N, rows, cols) are the weight matrices
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class DiscreteMSA:
     """Binary or ternary weights by MSA's sign / threshold rule (module doc).
 
@@ -79,16 +80,19 @@ class DiscreteMSA:
         decay: ``α``, the accumulator's memory.
         bias_lr: gradient-ascent step of the continuous leaves (biases).
         batch_size: minibatch size (default: full batch).
+
+    The numbers are pytree leaves and ``kind`` and ``batch_size`` structure
+    (:mod:`controlnet.pytrees`): a study over ``rho`` or ``lr`` compiles once.
     """
 
-    kind: str = "binary"
+    kind: str = static_field(default="binary")
     scale: float | None = None
     threshold: float = 0.0
     rho: float = 0.0
     lr: float = 1.0
     decay: float = 1.0
     bias_lr: float = 0.5
-    batch_size: int | None = None
+    batch_size: int | None = static_field(default=None)
     name: ClassVar[str] = "discrete"
 
     def __post_init__(self):
@@ -100,8 +104,10 @@ class DiscreteMSA:
                 raise ValueError(f"{f} must be a number >= 0, got {v!r}")
         if self.scale is not None and not float(self.scale) > 0:
             raise ValueError(f"scale must be positive or None, got {self.scale!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
+        b = self.batch_size
+        if b is not None and (isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)) or b < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {b!r}")
+        object.__setattr__(self, "batch_size", None if b is None else int(b))  # frozen; hashable structure
 
     def level(self, leaf):
         """``s`` for one stacked weight leaf ``(N, rows, cols)``."""

@@ -11,7 +11,9 @@ built once per problem structure on :mod:`solvers.casadi_model` (the one CasADi 
 the core), with ``h``, the weights and ``ρ`` as NLP parameters. It runs from inside the jitted
 MSA step through ``jax.pure_callback``, so the solver keeps its ``init``/``step`` contract (and
 checkpoints). IPOPT starts every layer at ``θ_k^j`` and returns a local maximum: the problem is
-non-convex. ``R`` must be smooth here (no L¹ term). Enable with ``ExtendedMSA(inner="ipopt")``.
+non-convex. ``R`` must be smooth here (no L¹ term). Enable with ``ExtendedMSA(inner="ipopt")``
+(the strategy :class:`solvers.msa.Ipopt`, which imports this module, and so CasADi, only when
+it runs).
 """
 
 from __future__ import annotations

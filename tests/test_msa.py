@@ -55,8 +55,8 @@ def test_inner_objective_is_the_augmented_hamiltonian(dynamics, tracking, smooth
     want = jax.jit(jax.vmap(per_layer))(zs[:-1], zs[1:], ps[:-1], ps[1:], th, c.theta)
     if smoothness:
         # Jacobi shares: Σ_k C_k(θ_k) with frozen neighbours has the gradient of the coupling.
-        C = jax.jit(msa._jacobi_coupling)(p, th, c.theta)
-        g_C = jax.jit(jax.grad(lambda p, t: jnp.sum(msa._jacobi_coupling(p, t, c.theta)), argnums=1))(p, c.theta)
+        C = jax.jit(msa.jacobi_coupling)(p, th, c.theta)
+        g_C = jax.jit(jax.grad(lambda p, t: jnp.sum(msa.jacobi_coupling(p, t, c.theta)), argnums=1))(p, c.theta)
         g_coupling = jax.jit(jax.grad(lambda p, t: p.coupling(t), argnums=1))(p, c.theta)
         for a, b in zip(jax.tree_util.tree_leaves(g_C), jax.tree_util.tree_leaves(g_coupling)):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -121,7 +121,7 @@ def _to_layers(theta, flat_all):
     """All layers' parameters in ``ravel_pytree`` order of the whole tree → ``(N, P)`` rows in
     the order of one layer's ``ravel_pytree`` (what ``inner_hessian`` uses)."""
     _, unravel = jax.flatten_util.ravel_pytree(theta)
-    return msa._per_layer(unravel(flat_all))[0]
+    return msa.per_layer(unravel(flat_all))[0]
 
 
 @pytest.mark.parametrize("dynamics,tracking,smoothness,activation,rho", [
