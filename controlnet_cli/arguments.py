@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = [
     "UsageError", "Parser", "number", "comma_list",
-    "seed", "positive_int", "positive_float", "nonneg_float", "batch_size", "name",
+    "seed", "positive_int", "positive_float", "nonneg_float", "batch_size", "name", "out_dir",
 ]
 
 #: The largest number the CLI takes: float32's (the default computation dtype), or float64's with
@@ -116,6 +116,15 @@ def batch_size(s):
         return positive_int(s)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {s!r}") from None
+
+
+def out_dir(s):
+    """A directory path; empty text (which would mean the current directory) is refused."""
+    from pathlib import Path
+
+    if not s.strip():
+        raise argparse.ArgumentTypeError(f"expected a directory, got {s!r}; pass e.g. runs/first")
+    return Path(s)
 
 
 def comma_list(item, *, what: str, unique: bool = True):

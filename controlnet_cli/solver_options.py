@@ -1,0 +1,313 @@
+"""Solver options on the command line, read off the solvers' own dataclass fields.
+
+Every init field of every class in :data:`solvers.SOLVERS` that a command line can spell becomes
+an option ``--field-name`` (fields of the same name in several solvers share one option):
+
+- ``bool`` -> ``--field`` / ``--no-field``;
+- ``int``, ``float``, ``str`` (``None`` allowed where the annotation allows it, typed ``none``);
+  an ``Any`` field takes the type of its default (E-MSA's ``rho: Any = 5.0`` is a number);
+- a field holding a strategy object (its annotation or default a :class:`solvers.options.Family`)
+  -> ``--field {names in the family's registry}``;
+- anything else (an optax transformation, a callable, a mapping) has no spelling and is left
+  out: it stays at the solver's default.
+
+So a solver added to :data:`solvers.SOLVERS` gets its options with no change here. The flags
+that predate this and are not ``--<field>`` are mapped in :data:`RENAMED`; a field whose plain
+flag is one of those but means something else for its solver is spelled ``--<solver>-<field>``
+(discrete MSA's accumulator weight ``lr`` is ``--discrete-lr``, since ``--lr`` is a learning
+rate). An option given for a solver without that field is refused with one line
+(:func:`check_applicable`); the solver itself is built through :func:`solvers.options.from_json`,
+so its own checks run before any compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import types
+import typing
+from typing import Any, Callable, NamedTuple
+
+from .arguments import UsageError, batch_size, number
+
+__all__ = ["RENAMED", "SolverOption", "solver_options", "add_solver_options", "check_applicable",
+           "build_solver", "given_solver_options"]
+
+#: Flags whose name is not the field's: flag -> {solver name: field}. A solver missing from a
+#: row has no such option. ``--lr`` and ``--schedule`` of gradient descent are its optimizer's
+#: (:func:`_adam`, while ``GradientDescent`` takes an optax transformation).
+RENAMED = {
+    "--lr": {"gd": "learning_rate", "pgd": "lr"},
+    "--schedule": {"gd": "schedule"},
+}
+
+#: Help of the options that predate the mechanism (the others take their docstring's line).
+HELP = {
+    "--lr": "learning rate of gd's optimizer (Adam), or pgd's first step (default: the problem's; "
+            "0.01 for the toys)",
+    "--schedule": "gd's learning rate: constant, or cosine-decayed to 0 over --iters (default: the problem's)",
+    "--batch-size": "minibatch size, or 'full' (default: the problem's; the full batch for the toys, "
+                    "128 for the conv nets)",
+    "--rho": "E-MSA penalty ρ, the initial value (default: 5, then adapted); discrete MSA's error control",
+    "--inner-steps": "Hamiltonian-maximization steps per iteration (default: 1 Newton or 3 optax steps "
+                     "for emsa, 10 for msa)",
+    "--inner-lr": "inner step: E-MSA's dimensionless step (default 0.5), basic MSA's Adam rate (default 0.05)",
+    "--inner": "the Hamiltonian maximization: a few optimizer steps for all layers at once (optax), a "
+               "Newton step per layer (newton), or every layer exactly with CasADi + IPOPT (ipopt; small "
+               "problems); auto takes newton where its Hessian has a closed form, else optax",
+}
+
+#: Choices of options whose field is still a plain string (a strategy family gives its own).
+CHOICES = {"--schedule": ("constant", "cosine"), "--inner": ("auto", "optax", "newton", "ipopt")}
+
+
+class SolverOption(NamedTuple):
+    """One command-line option: its ``flag``, the ``fields`` it sets (solver name -> field),
+    how its text is read (``parse``; ``None`` for a bool), its ``choices`` and ``help``."""
+
+    flag: str
+    fields: dict
+    parse: Callable | None
+    choices: tuple | None
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+
+def _type_hints(cls) -> dict:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: read each field's own
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _family(t, default):
+    from solvers.options import Family
+
+    for c in (t, *typing.get_args(t), type(default)):
+        if isinstance(c, type) and issubclass(c, Family):
+            return c.family()
+    return None
+
+
+def _scalar_types(t, default) -> tuple[list, bool]:
+    """``(types, none_allowed)`` of a field's annotation: its plain scalar members, in order."""
+    if t is Any or t is None:
+        t = type(default) if isinstance(default, (bool, int, float, str)) else object
+    args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+    kinds = [a for a in args if a in (bool, int, float, str)]
+    if len(kinds) + (type(None) in args) < len(args):
+        return [], False  # a member with no spelling (a transformation, a callable, ...)
+    return kinds, type(None) in args
+
+
+def _reader(kinds, none_allowed):
+    """Text -> the first of ``kinds`` that reads it (``none`` -> ``None`` where allowed)."""
+    names = {int: "an integer", float: "a finite number", str: "a word"}
+    what = " or ".join([names[k] for k in kinds] + (["none"] if none_allowed else []))
+
+    def parse(s):
+        if none_allowed and s.strip().lower() == "none":
+            return None
+        for k in kinds:
+            if k is int and re.fullmatch(r"\s*[+-]?\d+\s*", s):
+                return int(s)
+            if k is float:
+                try:
+                    v = float(s)
+                except ValueError:
+                    continue
+                if math.isfinite(v):
+                    return v
+            if k is str:
+                return s.strip()
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+
+    return parse
+
+
+def _field_help(cls) -> dict:
+    """``field -> first sentence`` from the ``Args:`` section of ``cls``'s docstring, without
+    its reST markup."""
+    out, doc = {}, (cls.__doc__ or "")
+    for m in re.finditer(r"^\s+(\w+): (.+?)(?:\.\s|\n\s*\n|\n\s+\w+: |\Z)", doc.split("Args:", 1)[-1], re.M | re.S):
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", " ".join(m.group(2).split())).replace("``", "")
+        out.setdefault(m.group(1), text)
+    return out
+
+
+def _spelling(field, hints):
+    """``(parse, choices)`` of one field (``parse`` is ``None`` for a bool), or ``None`` if the
+    command line cannot spell its values."""
+    default = field.default if field.default is not dataclasses.MISSING else None
+    family = _family(hints.get(field.name), default)
+    if family is not None:
+        return str, tuple(sorted(family.registry))
+    kinds, none_allowed = _scalar_types(hints.get(field.name, Any), default)
+    if kinds == [bool]:
+        return None, None
+    if not kinds or bool in kinds:
+        return None
+    return _reader(kinds, none_allowed), None
+
+
+def solver_options(registry: dict, reserved=frozenset()) -> list[SolverOption]:
+    """The options of every solver in ``registry`` (module doc), one per flag, in field order.
+
+    ``reserved``: the command's own flags; a field whose plain flag is one of them is spelled
+    ``--<solver>-<field>``.
+    """
+    renamed = {(s, f): flag for flag, row in RENAMED.items() for s, f in row.items()}
+    options: dict[str, SolverOption] = {}
+    for name, cls in registry.items():
+        hints, docs = _type_hints(cls), _field_help(cls)
+        for field in dataclasses.fields(cls):
+            if not field.init or field.name.startswith("_"):
+                continue
+            spelled = _spelling(field, hints)
+            if spelled is None:
+                continue
+            flag = renamed.get((name, field.name), "--" + field.name.replace("_", "-"))
+            if flag in reserved or flag in RENAMED and name not in RENAMED[flag]:
+                flag = f"--{name}-{field.name.replace('_', '-')}"
+            parse, choices = spelled
+            if flag == "--batch-size":
+                parse = batch_size
+            choices = choices or CHOICES.get(flag)
+            old = options.get(flag)
+            if old is not None:
+                merged = tuple(sorted(set(old.choices or ()) | set(choices or ()))) or None
+                options[flag] = old._replace(fields={**old.fields, name: field.name}, choices=merged)
+                continue
+            text = HELP.get(flag) or docs.get(field.name, field.name.replace("_", " "))
+            options[flag] = SolverOption(flag, {name: field.name}, parse, choices, text)
+    _legacy_optimizer_options(registry, options)
+    return list(options.values())
+
+
+def _legacy_optimizer_options(registry, options):
+    """``--lr`` and ``--schedule`` for a gradient descent that takes an optax transformation
+    (no ``learning_rate``/``schedule`` fields): they build its Adam (:func:`_adam`)."""
+    for flag, row in RENAMED.items():
+        for name, field in row.items():
+            cls = registry.get(name)
+            if cls is None or flag in options and name in options[flag].fields:
+                continue
+            if not _takes_optax(cls):
+                continue
+            parse = number(float, lambda v: v > 0 and math.isfinite(v), "a positive number") if flag == "--lr" else str
+            old = options.get(flag)
+            fields = {**(old.fields if old else {}), name: field}
+            options[flag] = SolverOption(flag, fields, parse, CHOICES.get(flag), HELP[flag])
+
+
+def _takes_optax(cls) -> bool:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return "optimizer" in names and not names & {"learning_rate", "schedule"}
+
+
+def add_solver_options(parser) -> list[SolverOption]:
+    """Add the options of :data:`solvers.SOLVERS` to ``parser`` as one group, every default
+    ``None`` (not given); returns them."""
+    import solvers
+
+    # argparse lists no options publicly; its table of option strings is the one place.
+    options = solver_options(solvers.SOLVERS, reserved=set(parser._option_string_actions))
+    g = parser.add_argument_group("solver options (each applies to the solvers named in brackets)")
+    for o in options:
+        text = f"{o.help} [{', '.join(o.fields)}]".replace("%", "%%")
+        if o.parse is None:
+            g.add_argument(o.flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            g.add_argument(o.flag, type=o.parse, choices=o.choices, default=None, help=text)
+    return options
+
+
+def given_solver_options(args, options: list[SolverOption]) -> dict:
+    """``flag -> value`` of the solver options given on this command line."""
+    return {o.flag: getattr(args, o.dest) for o in options if getattr(args, o.dest, None) is not None}
+
+
+def check_applicable(given: dict, options: list[SolverOption], names: list[str], what: str):
+    """Refuse an option given for solvers none of which has it: one line naming the option, the
+    solvers it belongs to and what to drop. ``what`` names the solver option (``--solver``)."""
+    by_flag = {o.flag: o for o in options}
+    for flag in given:
+        owners = by_flag[flag].fields
+        if not set(owners) & set(names):
+            chosen = ",".join(names)
+            raise UsageError(f"{flag} does not apply to {what} {chosen}: it is an option of "
+                             f"{', '.join(owners)}; drop {flag} or choose one of those solvers")
+
+
+def build_solver(name: str, given: dict, defaults: dict, options: list[SolverOption], *, iters: int,
+                 floor: float = 0.0):
+    """The solver ``name`` with the ``given`` options (``flag -> value``) it has, and the
+    problem's training ``defaults`` (``flag -> value``) for the ones not given.
+
+    Built through :func:`solvers.options.from_json`: strategy names become their objects and the
+    solver checks its values now, before any compile. ``iters`` and ``floor`` size the cosine
+    schedule of a gradient descent built from ``--lr``/``--schedule`` (:func:`_adam`).
+    """
+    import solvers
+    from solvers.options import from_json
+
+    spec = {"name": name}
+    for o in options:
+        value = given.get(o.flag, defaults.get(o.flag))
+        value = None if o.flag == "--batch-size" and value == "full" else value
+        if name in o.fields and (o.flag in given or o.flag in defaults):
+            spec[o.fields[name]] = value
+    cls = solvers.SOLVERS[name]
+    if _takes_optax(cls) and name in RENAMED["--lr"]:
+        lr = spec.pop(RENAMED["--lr"][name], None)
+        schedule = spec.pop(RENAMED["--schedule"].get(name, ""), None)
+        if lr is not None:
+            spec["optimizer"] = _adam(lr, schedule, iters, floor)
+    return from_json(solvers.SOLVERS, spec)
+
+
+def _adam(lr: float, schedule: str | None, iters: int, floor: float):
+    """Adam at rate ``lr``, constant or cosine-decayed to ``floor·lr`` over ``iters`` steps."""
+    import optax
+
+    rate = optax.cosine_decay_schedule(lr, iters, alpha=floor) if schedule == "cosine" else lr
+    return optax.adam(rate)
+
+
+def solver_name(s: str) -> str:
+    """An argparse type: a name in :data:`solvers.SOLVERS`."""
+    import solvers
+
+    if s not in solvers.SOLVERS:
+        raise argparse.ArgumentTypeError(f"unknown solver {s!r}; choose one of {sorted(solvers.SOLVERS)}")
+    return s
+
+
+def add_solver_choice(p):
+    """``--solver``, its help listing the solvers of :data:`solvers.SOLVERS`."""
+    import solvers
+
+    p.add_argument("--solver", default="gd", type=solver_name,
+                   help=f"the solver: {', '.join(solvers.SOLVERS)} (default: gd)")
+
+
+def solver_from_args(args, name: str | None = None, *, among: list | None = None, floor: float = 0.0):
+    """The solver ``name`` (default ``args.solver``) with the solver options typed on the command
+    line and the problem's training defaults (:func:`problem_options.fill_training_defaults`)
+    for the rest; refused in one line if a typed option applies to none of ``among`` (the
+    solvers of the command, default ``[name]``): a solver takes those of them it has."""
+    from .problem_options import TRAINING_FLAGS, fill_training_defaults
+
+    name = name or args.solver
+    options = args.solver_options
+    defaulted = set(getattr(args, "defaulted", ()))
+    given = {f: v for f, v in given_solver_options(args, options).items() if f[2:].replace("-", "_") not in defaulted}
+    check_applicable(given, options, among or [name], "--solvers" if among else "--solver")
+    fill_training_defaults(args)
+    defaults = {TRAINING_FLAGS[k]: getattr(args, k) for k in args.defaulted if k in TRAINING_FLAGS}
+    return build_solver(name, given, defaults, options, iters=args.iters, floor=floor)
