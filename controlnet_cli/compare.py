@@ -45,7 +45,7 @@ def add_parser(sub):
 def run_line(label: str, entry: dict) -> str:
     """One finished run: loss, accuracy, iterations with their time, the compile time apart."""
     cell = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    return (f"  {label}: loss {cell(entry['loss'], '.4g')}, accuracy {cell(entry['accuracy'], '.3f')}, "
+    return (f"{label}: loss {cell(entry['loss'], '.4g')}, accuracy {cell(entry['accuracy'], '.3f')}, "
             f"{entry['iterations']} iterations in {cell(entry['wall_time'], '.2f')} s "
             f"(compile {cell(entry.get('compile_time'), '.2f')} s), {entry['status']}")
 
@@ -97,15 +97,13 @@ def _compare_each(args, task, built, controls):
     target = args.target_loss
     if target is None:
         target = solvers.evaluate(task.problem, controls)["loss"] / 10.0
-    print(f"compare: {', '.join(built)} on {task.name}, {args.iters} iterations each; target loss {target:.4g}",
-          file=sys.stderr)
     results, summary = {}, {}
     for label, solver in built.items():
         one = compare.compare(task.problem, {label: solver}, controls, max_iters=args.iters,
                               max_seconds=args.seconds, target_loss=target, seed=args.seed, test=task.test)
         results.update(one.results)
         summary.update(one.summary)
-        print(run_line(label, one.summary[label]), file=sys.stderr)
+        print(f"  [{len(summary)}/{len(built)}] " + run_line(label, one.summary[label]), file=sys.stderr)
     return compare.Comparison(results, summary, float(target))
 
 

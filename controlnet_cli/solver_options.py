@@ -11,11 +11,11 @@ an option ``--field-name`` (fields of the same name in several solvers share one
 - anything else (an optax transformation, a callable, a mapping) has no spelling and is left
   out: it stays at the solver's default.
 
-So a solver added to :data:`solvers.SOLVERS` gets its options with no change here. The flags
-that predate this and are not ``--<field>`` are mapped in :data:`RENAMED`; a field whose plain
-flag is one of those but means something else for its solver is spelled ``--<solver>-<field>``
-(discrete MSA's accumulator weight ``lr`` is ``--discrete-lr``, since ``--lr`` is a learning
-rate). An option given for a solver without that field is refused with one line
+So a solver added to :data:`solvers.SOLVERS` gets its options with no change here. A few flags
+belong to some solvers only (:data:`SHARED`): the same field name elsewhere is spelled
+``--<solver>-<field>`` (discrete MSA's accumulator weight ``lr`` is ``--discrete-lr``, since
+``--lr`` is a learning rate), as is a field whose flag the command itself uses. Gradient
+descent's ``--schedule`` builds its optimizer (:func:`_optimizer`). An option given for a solver without that field is refused with one line
 (:func:`check_applicable`); the solver itself is built through :func:`solvers.options.from_json`,
 so its own checks run before any compile.
 """
@@ -30,18 +30,20 @@ import types
 import typing
 from typing import Any, Callable, NamedTuple
 
-from .arguments import UsageError, batch_size, number
+from .arguments import UsageError, batch_size, positive_float
 
-__all__ = ["RENAMED", "SolverOption", "solver_options", "add_solver_options", "check_applicable",
+__all__ = ["SHARED", "PARSE", "SolverOption", "solver_options", "add_solver_options", "check_applicable",
            "build_solver", "given_solver_options"]
 
-#: Flags whose name is not the field's: flag -> {solver name: field}. A solver missing from a
-#: row has no such option. ``--lr`` and ``--schedule`` of gradient descent are its optimizer's
-#: (:func:`_adam`, while ``GradientDescent`` takes an optax transformation).
-RENAMED = {
-    "--lr": {"gd": "learning_rate", "pgd": "lr"},
+#: Flags that only these solvers' fields take: flag -> {solver name: field}. ``--lr`` is a
+#: learning rate (gd's; pgd's first step), ``--schedule`` gd's (:func:`_optimizer`).
+SHARED = {
+    "--lr": {"gd": "lr", "pgd": "lr"},
     "--schedule": {"gd": "schedule"},
 }
+
+#: Value types narrower than the field's annotation says.
+PARSE = {"--lr": positive_float, "--batch-size": batch_size}
 
 #: Help of the options that predate the mechanism (the others take their docstring's line).
 HELP = {
@@ -161,7 +163,6 @@ def solver_options(registry: dict, reserved=frozenset()) -> list[SolverOption]:
     ``reserved``: the command's own flags; a field whose plain flag is one of them is spelled
     ``--<solver>-<field>``.
     """
-    renamed = {(s, f): flag for flag, row in RENAMED.items() for s, f in row.items()}
     options: dict[str, SolverOption] = {}
     for name, cls in registry.items():
         hints, docs = _type_hints(cls), _field_help(cls)
@@ -171,12 +172,11 @@ def solver_options(registry: dict, reserved=frozenset()) -> list[SolverOption]:
             spelled = _spelling(field, hints)
             if spelled is None:
                 continue
-            flag = renamed.get((name, field.name), "--" + field.name.replace("_", "-"))
-            if flag in reserved or flag in RENAMED and name not in RENAMED[flag]:
+            flag = "--" + field.name.replace("_", "-")
+            if flag in reserved or flag in SHARED and name not in SHARED[flag]:
                 flag = f"--{name}-{field.name.replace('_', '-')}"
             parse, choices = spelled
-            if flag == "--batch-size":
-                parse = batch_size
+            parse = PARSE.get(flag, parse)
             choices = choices or CHOICES.get(flag)
             old = options.get(flag)
             if old is not None:
@@ -185,29 +185,26 @@ def solver_options(registry: dict, reserved=frozenset()) -> list[SolverOption]:
                 continue
             text = HELP.get(flag) or docs.get(field.name, field.name.replace("_", " "))
             options[flag] = SolverOption(flag, {name: field.name}, parse, choices, text)
-    _legacy_optimizer_options(registry, options)
+    _optimizer_options(registry, options)
     return list(options.values())
 
 
-def _legacy_optimizer_options(registry, options):
-    """``--lr`` and ``--schedule`` for a gradient descent that takes an optax transformation
-    (no ``learning_rate``/``schedule`` fields): they build its Adam (:func:`_adam`)."""
-    for flag, row in RENAMED.items():
+def _init_fields(cls) -> set:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def _optimizer_options(registry, options):
+    """The :data:`SHARED` options of a solver with an ``optimizer`` field but not the field
+    they name (gradient descent's ``--schedule``; its ``--lr`` if it has no ``lr``): they build
+    its optimizer (:func:`_optimizer`)."""
+    for flag, row in SHARED.items():
         for name, field in row.items():
             cls = registry.get(name)
-            if cls is None or flag in options and name in options[flag].fields:
-                continue
-            if not _takes_optax(cls):
-                continue
-            parse = number(float, lambda v: v > 0 and math.isfinite(v), "a positive number") if flag == "--lr" else str
             old = options.get(flag)
+            if cls is None or (old is not None and name in old.fields) or "optimizer" not in _init_fields(cls):
+                continue
             fields = {**(old.fields if old else {}), name: field}
-            options[flag] = SolverOption(flag, fields, parse, CHOICES.get(flag), HELP[flag])
-
-
-def _takes_optax(cls) -> bool:
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    return "optimizer" in names and not names & {"learning_rate", "schedule"}
+            options[flag] = SolverOption(flag, fields, PARSE.get(flag, str), CHOICES.get(flag), HELP[flag])
 
 
 def add_solver_options(parser) -> list[SolverOption]:
@@ -239,9 +236,10 @@ def check_applicable(given: dict, options: list[SolverOption], names: list[str],
     for flag in given:
         owners = by_flag[flag].fields
         if not set(owners) & set(names):
-            chosen = ",".join(names)
-            raise UsageError(f"{flag} does not apply to {what} {chosen}: it is an option of "
-                             f"{', '.join(owners)}; drop {flag} or choose one of those solvers")
+            own = [f"{n}'s own is --{n}-{flag[2:]}" for n in names if f"--{n}-{flag[2:]}" in by_flag]
+            hint = f" ({'; '.join(own)})" if own else ""
+            raise UsageError(f"{flag} does not apply to {what} {','.join(names)}: it is an option of "
+                             f"{', '.join(owners)}; drop {flag} or choose one of those solvers{hint}")
 
 
 def build_solver(name: str, given: dict, defaults: dict, options: list[SolverOption], *, iters: int,
@@ -262,13 +260,29 @@ def build_solver(name: str, given: dict, defaults: dict, options: list[SolverOpt
         value = None if o.flag == "--batch-size" and value == "full" else value
         if name in o.fields and (o.flag in given or o.flag in defaults):
             spec[o.fields[name]] = value
-    cls = solvers.SOLVERS[name]
-    if _takes_optax(cls) and name in RENAMED["--lr"]:
-        lr = spec.pop(RENAMED["--lr"][name], None)
-        schedule = spec.pop(RENAMED["--schedule"].get(name, ""), None)
-        if lr is not None:
-            spec["optimizer"] = _adam(lr, schedule, iters, floor)
+    spec = _optimizer(solvers.SOLVERS[name], spec, "--schedule" in given, iters, floor)
     return from_json(solvers.SOLVERS, spec)
+
+
+def _optimizer(cls, spec: dict, schedule_given: bool, iters: int, floor: float) -> dict:
+    """``spec`` with gradient descent's optimizer built where its fields do not take ``lr`` and
+    ``schedule`` themselves: a cosine schedule is ``optax.adam`` of it (gd's own ``lr`` then
+    unused), a constant rate without an ``lr`` field ``optax.adam(lr)``."""
+    fields = _init_fields(cls)
+    if "optimizer" not in fields or "schedule" in fields:
+        return spec
+    spec = dict(spec)
+    schedule, lr = spec.pop("schedule", None), spec.get("lr")
+    if lr is None:
+        return spec
+    if schedule == "cosine" and "optimizer" in spec:
+        if schedule_given:
+            raise UsageError("--schedule cosine decays Adam's learning rate; with --optimizer drop --schedule")
+        return spec  # the problem's default schedule is its default optimizer's
+    if schedule == "cosine" or "lr" not in fields:
+        spec.pop("lr")
+        spec["optimizer"] = _adam(lr, schedule, iters, floor)
+    return spec
 
 
 def _adam(lr: float, schedule: str | None, iters: int, floor: float):
@@ -300,14 +314,16 @@ def solver_from_args(args, name: str | None = None, *, among: list | None = None
     """The solver ``name`` (default ``args.solver``) with the solver options typed on the command
     line and the problem's training defaults (:func:`problem_options.fill_training_defaults`)
     for the rest; refused in one line if a typed option applies to none of ``among`` (the
-    solvers of the command, default ``[name]``): a solver takes those of them it has."""
+    solvers of the command: ``args.solvers`` of ``compare``, else ``[name]``): a solver takes
+    those of them it has."""
     from .problem_options import TRAINING_FLAGS, fill_training_defaults
 
     name = name or args.solver
     options = args.solver_options
     defaulted = set(getattr(args, "defaulted", ()))
     given = {f: v for f, v in given_solver_options(args, options).items() if f[2:].replace("-", "_") not in defaulted}
-    check_applicable(given, options, among or [name], "--solvers" if among else "--solver")
+    among = among or getattr(args, "solvers", None) or [name]  # compare: the options' solvers
+    check_applicable(given, options, among, "--solver" if among == [name] else "--solvers")
     fill_training_defaults(args)
     defaults = {TRAINING_FLAGS[k]: getattr(args, k) for k in args.defaulted if k in TRAINING_FLAGS}
     return build_solver(name, given, defaults, options, iters=args.iters, floor=floor)

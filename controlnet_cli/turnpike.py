@@ -134,8 +134,6 @@ def _reporter(args, horizons):
               f"({elapsed:.1f} s: {run['iterations']} iterations in {run['wall_time']:.2f} s, {rest})",
               file=sys.stderr)
 
-    print(f"turnpike: {total} runs of {args.iters} iterations ({', '.join(f'T={T:g}' for T in horizons)}"
-          f"{'' if sweeps == 1 else '; L² sweep, then tracking'})", file=sys.stderr)
     return report
 
 
