@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 import types
 import typing
 from typing import Any, Callable, NamedTuple
 
-from .arguments import UsageError, batch_size, positive_float
+from .arguments import UsageError, batch_size, finite_float, positive_float
 
 __all__ = ["SHARED", "PARSE", "SolverOption", "solver_options", "add_solver_options", "check_applicable",
-           "build_solver", "given_solver_options"]
+           "build_solver", "given_solver_options", "solver_name", "add_solver_choice", "solver_from_args"]
 
 #: Flags that only these solvers' fields take: flag -> {solver name: field}. ``--lr`` is a
 #: learning rate (gd's; pgd's first step), ``--schedule`` gd's (:func:`_optimizer`).
@@ -120,11 +119,9 @@ def _reader(kinds, none_allowed):
                 return int(s)
             if k is float:
                 try:
-                    v = float(s)
-                except ValueError:
+                    return finite_float(s)  # finite in the computation dtype
+                except argparse.ArgumentTypeError:
                     continue
-                if math.isfinite(v):
-                    return v
             if k is str:
                 return s.strip()
         raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")

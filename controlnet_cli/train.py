@@ -109,10 +109,10 @@ def run(args):
     # One compiled function instead of one compile per eager op (seconds on a loaded machine).
     init = jax.jit(lambda problem, key: problem.init_controls(key))
     controls = init(task.problem, jax.random.PRNGKey(args.seed))
-    with output_lock(out, "train"), warnings.catch_warnings():
+    with output_lock(out, "train"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
         if args.overwrite and (out / "checkpoint.npz").exists():
             (out / "checkpoint.npz").unlink()  # the replaced run's: it must not be resumed later
-        warnings.filterwarnings("ignore", message=".*diverged at iteration", category=RuntimeWarning)
         result = solvers.solve(solver, task.problem, controls, seed=args.seed, max_iters=args.iters,
                                max_seconds=args.seconds, test=task.test, progress=False if args.quiet else None,
                                checkpoint=None if one_solve else out / "checkpoint.npz",
@@ -120,23 +120,37 @@ def run(args):
                                resume=resume, checkpoint_meta={"cli": config_of(args)})
         result.save(out)
         _save_pictures(out, task, result, animate=args.animate)
-    return _report(args, out, result, one_solve)
+    return _report(args, out, result, one_solve, _divergence(caught))
 
 
-def _report(args, out, result, one_solve) -> int:
+def _divergence(caught) -> str | None:
+    """The solve's warning that it diverged (which iterate it kept, and why), taken out of the
+    ``caught`` warnings; the others are shown as they would have been."""
+    import warnings
+
+    said = None
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and "diverged at iteration" in str(w.message):
+            said = " ".join(str(w.message).split())
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return said
+
+
+def _report(args, out, result, one_solve, divergence) -> int:
     """Print the summary and the files; the exit status (3 diverged, 130 interrupted)."""
     info = result.info
     summary = {k: info[k] for k in ("loss", "accuracy", "test_accuracy", "iterations", "wall_time", "compile_time")
                if k in info}
     print(to_json({"status": result.status, **summary}))
-    print(f"wrote {out}/result.json, controls.npz, history.npz, {'' if one_solve else 'checkpoint.npz, '}"
-          "flow.png, loss.png" + (", flow.gif" if args.animate else ""))
+    names = ["result.json", "controls.npz", "history.npz", "checkpoint.npz", "flow.png", "loss.png", "flow.gif"]
+    # No checkpoint for a one-shot solver, nor after a divergence (a periodic one may stay).
+    print(f"wrote {out}/" + ", ".join(n for n in names if (out / n).exists()
+                                      and (n != "checkpoint.npz" or not one_solve)
+                                      and (n != "flow.gif" or args.animate)))
     if result.diverged:
-        kept = info.get("kept_iteration")
-        which = (f"the best iterate (iteration {kept}, loss {info['loss']:.4g})" if kept is not None
-                 else f"the last finite iterate (loss {info['loss']:.4g})")
-        print(f"controlnet: error: {info['solver']} diverged at iteration {info['diverged_at']}; "
-              f"{which} was kept and saved in {out}", file=sys.stderr)
+        said = divergence or f"{info['solver']} diverged at iteration {info['diverged_at']}"
+        print(f"controlnet: error: {said}; saved in {out}", file=sys.stderr)
         return 3
     if result.status == "interrupted":
         print(f"controlnet: interrupted after {info['iterations']} iterations; saved in "
