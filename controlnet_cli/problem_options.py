@@ -51,13 +51,14 @@ def add_budget_options(p, each=""):
                    help=f"iteration budget{each} (default: the problem's; 500 for the toys, 1500 for the conv nets)")
 
 
-def fill_training_defaults(args):
-    """Unset training options take the problem's defaults; ``--batch-size full`` is ``None``.
-    ``args.defaulted`` lists the ones filled in, which were not typed (idempotent)."""
+def fill_training_defaults(args, defaults: dict | None = None):
+    """Unset training options take ``defaults`` (default: the problem's); ``--batch-size full``
+    is ``None``. ``args.defaulted`` lists the ones filled in, which were not typed (idempotent)."""
     import problems
 
     filled = set(getattr(args, "defaulted", ()))
-    for k, v in problems.training_defaults(args.problem).items():
+    defaults = problems.training_defaults(args.problem) if defaults is None else defaults
+    for k, v in defaults.items():
         if hasattr(args, k) and getattr(args, k) is None:
             setattr(args, k, v)
             filled.add(k)

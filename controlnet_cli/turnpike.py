@@ -20,7 +20,7 @@ from .arguments import UsageError, comma_list, nonneg_float, out_dir, positive_f
 from .figures import save_fig
 from .guards import check_layers, check_out, check_size
 from .lock import output_lock
-from .problem_options import add_problem_options, task_from_args
+from .problem_options import add_problem_options, fill_training_defaults, task_from_args
 from .solver_options import add_solver_choice, add_solver_options, solver_from_args
 
 __all__ = ["add_parser", "run", "DEFAULTS"]
@@ -103,12 +103,7 @@ def run(args):
     horizons = sorted(args.horizons)
     fixed_T = (args.horizon or max(horizons)) if args.fixed_T else None
     _check(args, horizons, fixed_T)
-    defaulted = set(getattr(args, "defaulted", ()))
-    for k, v in DEFAULTS.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-            defaulted.add(k)
-    args.defaulted = sorted(defaulted)
+    fill_training_defaults(args, DEFAULTS)
     solver = solver_from_args(args, floor=COSINE_FLOOR)
     factory = _factory(args)
     factory(horizons[0], 1, 0.0)  # bad problem options fail here, before any training
