@@ -4,8 +4,9 @@ Every init field of every class in :data:`solvers.SOLVERS` that a command line c
 an option ``--field-name`` (fields of the same name in several solvers share one option):
 
 - ``bool`` -> ``--field`` / ``--no-field``;
-- ``int``, ``float``, ``str`` (``None`` allowed where the annotation allows it, typed ``none``);
-  an ``Any`` field takes the type of its default (E-MSA's ``rho: Any = 5.0`` is a number);
+- ``int``, ``float``, ``str`` (``None`` allowed where the annotation allows it, typed ``none``),
+  also as members of a union with things that have no spelling (``float | Callable`` takes a
+  number); an ``Any`` field takes the type of its default (``rho: Any = 5.0`` is a number);
 - a field holding a strategy object (its annotation or default a :class:`solvers.options.Family`)
   -> ``--field {names in the family's registry}``;
 - anything else (an optax transformation, a callable, a mapping) has no spelling and is left
@@ -96,14 +97,12 @@ def _family(t, default):
 
 
 def _scalar_types(t, default) -> tuple[list, bool]:
-    """``(types, none_allowed)`` of a field's annotation: its plain scalar members, in order."""
+    """``(types, none_allowed)`` of a field's annotation: its plain scalar members, in order (a
+    ``float | Callable`` field takes a number here; the callable has no spelling)."""
     if t is Any or t is None:
         t = type(default) if isinstance(default, (bool, int, float, str)) else object
     args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
-    kinds = [a for a in args if a in (bool, int, float, str)]
-    if len(kinds) + (type(None) in args) < len(args):
-        return [], False  # a member with no spelling (a transformation, a callable, ...)
-    return kinds, type(None) in args
+    return [a for a in args if a in (bool, int, float, str)], type(None) in args
 
 
 def _reader(kinds, none_allowed):

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import re
 import sys
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import pytest
 
@@ -84,6 +84,7 @@ class ToySolver:
     mode: Toy = Slow()
     repeats: int | None = None
     polish: bool = False
+    rate: float | Callable = 1.0
     transform: Any = None
     name: ClassVar[str] = "toy"
 
@@ -105,10 +106,10 @@ def toy(monkeypatch):
 
 def test_a_new_solver_gets_its_options_from_its_fields(toy, tmp_path, capsys):
     argv = TINY + ["--solver", "toy", "--step-size", "0.25", "--mode", "fast", "--repeats", "3", "--polish",
-                   "--out", tmp_path / "run"]
+                   "--rate", "2", "--out", tmp_path / "run"]
     with pytest.raises(_Reached) as reached:
         cli.main([str(a) for a in argv])
-    assert reached.value.solver == ToySolver(step_size=0.25, mode=Fast(), repeats=3, polish=True)
+    assert reached.value.solver == ToySolver(step_size=0.25, mode=Fast(), repeats=3, polish=True, rate=2.0)
     assert not (tmp_path / "run" / "result.json").exists()
     with pytest.raises(_Reached) as reached:  # nothing given: the solver's own defaults
         cli.main([str(a) for a in TINY + ["--solver", "toy", "--out", tmp_path / "run"]])
