@@ -19,7 +19,8 @@ import numpy as np
 
 __all__ = [
     "UsageError", "Parser", "number", "comma_list",
-    "seed", "positive_int", "positive_float", "nonneg_float", "batch_size", "name",
+    "seed", "positive_int", "positive_float", "nonneg_float", "batch_size", "name", "out_dir",
+    "finite_float",
 ]
 
 #: The largest number the CLI takes: float32's (the default computation dtype), or float64's with
@@ -105,6 +106,7 @@ seed = number(int, lambda v: 0 <= v < 2**31, "a seed in 0..2147483647")
 positive_int = number(int, lambda v: 1 <= v < 2**31, "a positive integer below 2147483648")
 positive_float = _number_in_range(lambda v: v > 0 and _finite(v), "a positive number", "a positive number")
 nonneg_float = _number_in_range(lambda v: v >= 0 and _finite(v), "a number >= 0", "a number >= 0 and")
+finite_float = _number_in_range(_finite, "a finite number", "a number")
 name = number(str.strip, lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None, "a name")
 
 
@@ -116,6 +118,15 @@ def batch_size(s):
         return positive_int(s)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {s!r}") from None
+
+
+def out_dir(s):
+    """A directory path; empty text (which would mean the current directory) is refused."""
+    from pathlib import Path
+
+    if not s.strip():
+        raise argparse.ArgumentTypeError(f"expected a directory, got {s!r}; pass e.g. runs/first")
+    return Path(s)
 
 
 def comma_list(item, *, what: str, unique: bool = True):

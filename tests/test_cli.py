@@ -308,12 +308,28 @@ def test_diverged_run_says_so_and_exits_3(tmp_path, capsys):
     assert code == 3
     lines = err.strip().split("\n")
     assert len(lines) == 1 and "diverged at iteration" in lines[0] and "Traceback" not in err
+    assert "; keeping " in lines[0] and f"; saved in {tmp_path}" in lines[0]  # which iterate, and where
     res = cn.Result.load(tmp_path)
     assert res.status == "diverged" and res.info["diverged_at"] >= 1
     assert all(np.all(np.isfinite(a)) for a in np.load(tmp_path / "controls.npz").values())
     # The kept iterate is the last one whose loss was finite (and logged).
     assert math.isfinite(res.info["loss"])
     assert np.isclose(res.info["loss"], res.history["loss"][-1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("solvers").Budget(), "divergence_factor"),
+                    reason="divergence by trend (solvers.Budget.divergence_factor) is not in this tree")
+def test_a_loss_that_runs_away_exits_3_with_the_best_iterate(tmp_path, capsys):
+    # Adam at lr 1e3 on the ring: the loss leaves its best far behind and stays there (finite).
+    argv = ["train", "--problem", "ring", "--samples", "64", "--layers", "6", "--iters", "300", "--quiet",
+            "--lr", "1e3", "--out", tmp_path]
+    code, out, err = run(argv, capsys)
+    lines = err.strip().split("\n")
+    assert code == 3 and len(lines) == 1 and "diverged at iteration" in lines[0], err
+    assert "keeping iterate" in lines[0] and f"; saved in {tmp_path}" in lines[0]
+    res = cn.Result.load(tmp_path)
+    assert res.status == "diverged"
+    assert res.info["loss"] == pytest.approx(min(res.history["loss"]), rel=1e-5)  # the best, saved
 
 
 @pytest.mark.parametrize("inner", ["ipopt", "newton"])
