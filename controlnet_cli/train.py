@@ -99,8 +99,8 @@ def run(args):
     out = _out(args)
     fill_training_defaults(args)
     solver = solver_from_args(args)
-    # A solver with run() (direct: one IPOPT solve) has no iterations to checkpoint.
-    one_solve = callable(getattr(solver, "run", None))
+    # A one-shot solver (direct: one IPOPT solve) has no iterations to checkpoint.
+    one_solve = solvers.protocol.solver_kind(solver) is solvers.OneShotSolver
     if one_solve and (args.checkpoint_every is not None or args.resume is not None):
         raise UsageError(f"--solver {args.solver} is one solve with no state to checkpoint; drop "
                          "--checkpoint-every and --resume")

@@ -212,12 +212,12 @@ def test_cli_trains_a_conv_problem_with_its_defaults(tmp_path):
     from controlnet_cli import app as cli
 
     parser = cli.build_parser()
-    args = cli._fill_training_defaults(parser.parse_args(["train", "--problem", "mnist1d", "--out", "u"]))
+    args = cli.fill_training_defaults(parser.parse_args(["train", "--problem", "mnist1d", "--out", "u"]))
     assert (args.iters, args.lr, args.schedule, args.batch_size) == (1500, 5e-3, "cosine", 128)
-    full = cli._fill_training_defaults(parser.parse_args(["train", "--problem", "mnist1d", "--batch-size", "full",
+    full = cli.fill_training_defaults(parser.parse_args(["train", "--problem", "mnist1d", "--batch-size", "full",
                                                           "--out", "u"]))
     assert full.batch_size is None
-    toy = cli._fill_training_defaults(parser.parse_args(["train", "--out", "u"]))
+    toy = cli.fill_training_defaults(parser.parse_args(["train", "--out", "u"]))
     assert (toy.iters, toy.lr, toy.schedule, toy.batch_size) == (500, 1e-2, "constant", None)
     out = tmp_path / "run"
     argv = ["train", "--problem", "mnist1d", "--samples", "64", "--width", "4", "--layers", "2",

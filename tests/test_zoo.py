@@ -156,7 +156,7 @@ def test_cli_builds_every_problem(name, tmp_path):
     from controlnet_cli import app as cli
 
     args = cli.build_parser().parse_args(["train", "--problem", name, "--out", str(tmp_path)])
-    task = cli._task_from_args(args)
+    task = cli.task_from_args(args)
     d = {"samples": 500, **problems.DEFAULTS[name]}
     assert task.problem.S == d["samples"] and _input_shape(task.problem.x) == EXPECTED[name][0]
 
