@@ -31,7 +31,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from .activations import activation
+from .activations import activation, lipschitz_constant
 from .dynamics import DYNAMICS, VectorField
 
 __all__ = ["Conv", "ParabolicConv", "AntisymmetricConv", "conv", "conv_transpose",
@@ -122,6 +122,10 @@ class Conv(_ConvField):
     def __call__(self, z, theta):
         return activation(self.activation)(conv(z, theta["K"]) + _bias(theta["b"], self.ndim))
 
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(σ(K∗z + b)) ≤ L_σ ‖K‖₂`` (``‖K‖₂`` estimated, :func:`conv_spectral_norm`)."""
+        return lipschitz_constant(self.activation) * self._operator_norm(theta["K"], space)
+
 
 @dataclasses.dataclass(frozen=True)
 class ParabolicConv(_ConvField):
@@ -131,6 +135,10 @@ class ParabolicConv(_ConvField):
         K = theta["K"]
         return -conv_transpose(activation(self.activation)(conv(z, K) + _bias(theta["b"], self.ndim)), K)
 
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(−Kᵀσ(K∗z + b)) ≤ L_σ ‖K‖₂²`` (``‖K‖₂`` estimated, :func:`conv_spectral_norm`)."""
+        return lipschitz_constant(self.activation) * self._operator_norm(theta["K"], space) ** 2
+
 
 @dataclasses.dataclass(frozen=True)
 class AntisymmetricConv(_ConvField):
@@ -139,6 +147,11 @@ class AntisymmetricConv(_ConvField):
     def __call__(self, z, theta):
         K = theta["K"]
         return activation(self.activation)(conv(z, K - transposed_kernel(K)) + _bias(theta["b"], self.ndim))
+
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(σ((K−Kᵀ)∗z + b)) ≤ L_σ ‖K−Kᵀ‖₂`` (estimated, :func:`conv_spectral_norm`)."""
+        K = theta["K"]
+        return lipschitz_constant(self.activation) * self._operator_norm(K - transposed_kernel(K), space)
 
 
 def conv_spectral_norm(K, space, iters: int = 50, key=None):

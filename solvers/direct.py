@@ -48,16 +48,18 @@ import dataclasses
 import time
 from typing import Any, ClassVar, NamedTuple
 
-import casadi as ca
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import controlnet as cn
+from controlnet.evaluation import train_metrics
 
 from . import casadi_model
+from .casadi_model import ca
 from .config import Budget
-from .driver import evaluate
 
 __all__ = ["Direct", "DirectSolution"]
 
@@ -94,11 +96,6 @@ class DirectSolution(NamedTuple):
 
 
 @jax.jit
-def _metrics(problem, controls):
-    return cn.metrics(problem, controls)
-
-
-@jax.jit
 def _states_costates(problem, controls):
     zs = cn.forward(problem, controls.theta)
     return zs, cn.costates(problem, controls, zs)
@@ -115,42 +112,49 @@ class _NLP(NamedTuple):
     dHdz: Any
 
 
-class _Monitor(ca.Callback):
-    """IPOPT's iteration callback: records ``J(θ_j)``, stops on a target or Ctrl-C."""
+@functools.cache
+def _monitor_class():
+    """The class of IPOPT's iteration callback, defined on first use: it subclasses
+    ``casadi.Callback``, and ``import solvers`` does not load CasADi."""
 
-    def __init__(self, n_x, n_g, on_iterate):
-        ca.Callback.__init__(self)
-        self.n_x, self.n_g, self.on_iterate = n_x, n_g, on_iterate
-        self.construct("monitor", {})
+    class Monitor(ca.Callback):
+        """IPOPT's iteration callback: records ``J(θ_j)``, stops on a target or Ctrl-C."""
 
-    def get_n_in(self):
-        return ca.nlpsol_n_out()
+        def __init__(self, n_x, n_g, on_iterate):
+            ca.Callback.__init__(self)
+            self.n_x, self.n_g, self.on_iterate = n_x, n_g, on_iterate
+            self.construct("monitor", {})
 
-    def get_n_out(self):
-        return 1
+        def get_n_in(self):
+            return ca.nlpsol_n_out()
 
-    def get_name_in(self, i):
-        return ca.nlpsol_out(i)
+        def get_n_out(self):
+            return 1
 
-    def get_name_out(self, i):
-        return "stop"
+        def get_name_in(self, i):
+            return ca.nlpsol_out(i)
 
-    def get_sparsity_in(self, i):
-        name = ca.nlpsol_out(i)
-        if name == "f":
-            return ca.Sparsity.scalar()
-        if name in ("x", "lam_x"):
-            return ca.Sparsity.dense(self.n_x)
-        if name in ("g", "lam_g"):
-            return ca.Sparsity.dense(self.n_g)
-        return ca.Sparsity(0, 0)
+        def get_name_out(self, i):
+            return "stop"
 
-    def eval(self, arg):
-        return [1 if self.on_iterate(np.asarray(arg[0]).ravel(), float(arg[1])) else 0]
+        def get_sparsity_in(self, i):
+            name = ca.nlpsol_out(i)
+            if name == "f":
+                return ca.Sparsity.scalar()
+            if name in ("x", "lam_x"):
+                return ca.Sparsity.dense(self.n_x)
+            if name in ("g", "lam_g"):
+                return ca.Sparsity.dense(self.n_g)
+            return ca.Sparsity(0, 0)
+
+        def eval(self, arg):
+            return [1 if self.on_iterate(np.asarray(arg[0]).ravel(), float(arg[1])) else 0]
+
+    return Monitor
 
 
 class _Recorder:
-    """IPOPT's per-iteration hook (:class:`_Monitor` calls it with ``x`` and ``f``): records the
+    """IPOPT's per-iteration hook (the monitor of :func:`_monitor_class` calls it with ``x`` and ``f``): records the
     network's ``J(θ_j)`` and accuracy, IPOPT's objective and the iteration's wall time; stops
     the solve (returns ``True``) at ``target_loss`` or on Ctrl-C."""
 
@@ -167,7 +171,7 @@ class _Recorder:
 
     def __call__(self, xv, f) -> bool:
         try:
-            m = _metrics(self.problem, self.to_controls(xv))
+            m = train_metrics(self.problem, self.to_controls(xv))
             now = time.perf_counter()
             info = {"loss": float(m["loss"]), "accuracy": float(m["accuracy"]), "objective": f,
                     "time": now - self.clock}
@@ -356,7 +360,7 @@ class Direct:
         v = _decision_variables(m, split, self.shooting == "multiple")
         Zbefore, ZN, g = _dynamics(m, v)
         J = m.cost_from_states(v.Theta, v.w, Zbefore, ZN, l1=v.l1)
-        monitor = _Monitor(v.x.numel(), g.numel(), on_iterate)
+        monitor = _monitor_class()(v.x.numel(), g.numel(), on_iterate)
         solver = ca.nlpsol("direct", "ipopt", {"x": v.x, "f": J, "g": g},
                            self._ipopt_options(monitor, split, options))
         return _NLP(solver, monitor, m, v.slices, v.lbx, v.ubx, g.numel(), _initial_costate_function(m))
@@ -401,7 +405,7 @@ class Direct:
         t0 = time.perf_counter()
         nlp = recorder.nlp = self._build(problem, recorder, options)
         # Compile the per-iteration metrics now, so that the first iteration's time is IPOPT's.
-        jax.block_until_ready(_metrics(problem, controls))
+        jax.block_until_ready(train_metrics(problem, controls))
         build_time = time.perf_counter() - t0
         args = self._initial_guess(problem, controls, nlp)
         recorder.clock = t_solve = time.perf_counter()
@@ -498,7 +502,7 @@ class Direct:
             "grad_norm": grad_norm,
             **{f"nlp_{k}": v for k, v in sol.size.items()},
         }
-        info.update(evaluate(problem, sol.controls, test))
+        info.update(cn.evaluate(problem, sol.controls, test))
         if sol.status in ("diverged", "failed"):
             print(f"direct: IPOPT stopped with {sol.ipopt_status}; status {sol.status!r}")
         return cn.Result(sol.controls, sol.history, sol.status, info)
