@@ -57,7 +57,7 @@ def check_finite(arr: np.ndarray, name: str) -> None:
     big = float(np.finfo(dtype).max)
     if largest > big:
         n = int(np.sum(magnitude > big))
-        raise ValueError(f"{name} holds {n} values beyond {big:.4g}, the largest {dtype} (the computation "
+        raise ValueError(f"{name} holds {n} value{'s' * (n != 1)} beyond {big:.4g}, the largest {dtype} (the computation "
                          f"dtype; largest here {largest:.4g}): they would become inf. Rescale {name} (e.g. "
                          "standardize it), or compute in float64: jax.config.update('jax_enable_x64', True) "
                          "before building the problem")
