@@ -106,6 +106,13 @@ class _ConvField(VectorField):
         """``K (d, d, k, …)`` with standard deviation ``scale/√(d kⁿ)``; ``d`` is the channel count."""
         return _init_kernel(key, d, self.kernel, self.ndim, scale)
 
+    def _operator_norm(self, K, space):
+        """``‖K‖₂`` on states of spatial shape ``space`` (power iteration, an estimate from below)."""
+        if space is None:
+            raise ValueError("a convolutional field's bound needs the states' spatial shape: "
+                             "pass space=problem.state_shape[1:]")
+        return conv_spectral_norm(K, tuple(space))
+
     def check_state(self, shape) -> None:
         """Raise unless ``shape`` (one sample's state) is ``(C, *space)`` with ``ndim`` spatial axes."""
         if len(shape) != 1 + self.ndim:
