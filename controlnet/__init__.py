@@ -5,7 +5,7 @@ make "training = optimal control" literal: :mod:`~controlnet.state` (forward),
 :mod:`~controlnet.adjoint` (backward) and :mod:`~controlnet.hamiltonian`.
 """
 
-from .activations import ACTIVATIONS, activation
+from .activations import ACTIVATIONS, activation, casadi_activation
 from .adjoint import (
     backward,
     costates,
@@ -30,6 +30,7 @@ from .structured import (
 from . import architecture
 from .lift import ConvLift, lift
 from .problem import ControlProblem, Controls, metrics, objective, objective_value
+from .evaluation import evaluate
 from .readout import init_readout, readout
 from .state import final_state, forward, from_scan, to_scan
 

@@ -15,43 +15,50 @@ running costs' gradients:
     ∇_z H_k = J_zΨ_kᵀ p_{k+1} − h ∇_z L(z_k, w),    ∇_θ H_k = J_θΨ_kᵀ p_{k+1} − h ∇R(θ_k),
     ∇_w H_k = −h ∇_w L(z_k, w).
 
-The linearization of a layer is ``jax.vjp`` of ``(z, θ, w) ↦ (Ψ_h(z, θ), L(z, w))``. When the
-states are given (:func:`backward`, :func:`gradient`), each layer is linearized inside the
-backward scan, at its state, and the recursion runs layer by layer. :func:`value_and_gradient`
-needs no co-state trajectory: it takes one ``jax.vjp`` of the whole forward scan and pulls
-``(p_N, −h)`` back through it; JAX's transpose of the scan is the same recursion. Each layer of
-that scan is rematerialized (``jax.checkpoint``): the forward pass keeps only the states
-``z_k``, and the transposed scan re-linearizes each layer from its state. Evaluating the field
-twice is cheaper than writing and reading its residuals (for ``σ(Wz + b)`` both ``σ`` and
-``σ'``, two more ``(d, S)`` arrays per layer): 0.94× the time of a gradient step on the
-reference problem, 0.70× with RK4, 0.82× for a two-layer field, 0.85-0.91× at widths 8-32
-(measured; docs/architecture.md). A field whose evaluation dominates (a convolution) sets
-``VectorField.rematerialize = False`` and keeps its residuals instead. ``∇R`` is evaluated for all layers at once, outside the scans.
+One recursion serves every entry point (:func:`_sweep`): one ``jax.vjp`` of the forward scan
+over the layers, pulled back from ``p_N``; JAX's transpose of the scan *is* the co-state
+recursion ``p_k = J_zΨ_kᵀ p_{k+1} − h∇_z L(z_k, w)``. Its options:
 
-Like the forward pass (:mod:`controlnet.state`), the scans carry states and co-states in the
-vector field's layout (feature-major ``(d, S)`` for dense fields); the public arrays are
+- *keep the co-states*: layer ``k``'s input state gets a zero perturbation ``ε_k``, whose
+  cotangent is ``p_k``; without it only ``p_0`` is formed (the cotangent of ``z_0``);
+- *the states*: computed by the scan from ``z_0``, or given (:func:`backward`): layer ``k`` is
+  then linearized at the given ``z_k`` while the co-state still runs through the scan's carry;
+- *tracking*: ``L`` enters as the cotangent ``−h∇_z L(z_k, w)`` of the states the scan returns,
+  so the read-out ``w`` is needed only at the pull (MSA chooses it after the forward pass);
+- *rematerialization*: each layer under ``jax.checkpoint`` keeps only its input state and is
+  re-linearized in the backward pass (``VectorField.rematerialize``, the default: evaluating a
+  dense field again is cheaper than storing its residuals), or keeps its residuals (a field
+  whose evaluation dominates, a convolution);
+- *blocks* (:func:`value_and_gradient`, ``block=B``): the same sweep block by block from the
+  states kept at every block's start (checkpointing).
+
+``∇R`` is evaluated for all layers at once, outside the scans. The scans carry states and
+co-states in the vector field's layout (:mod:`controlnet.state`); the public arrays are
 ``(N+1, S, *shape)``: every formula here holds for any state shape.
 
 A learned lift ``z_0 = λ1(x; φ)`` (:class:`~controlnet.ConvLift`) gets
 ``∇_φ J = −J_φλ1ᵀ p_0 + ∇_φ(lift cost)``: the co-state ``p_0`` pulled back through the lift.
 
 Memory. :func:`gradient` keeps all states and co-states, ``2 (N+1) S d`` numbers.
-:func:`value_and_gradient` keeps no co-state trajectory, and with ``block=B`` residuals only
-inside one block of ``B`` layers at a time: the forward pass keeps the states
-at the start of every block, the backward pass recomputes a block's linearizations from its first
-state (checkpointing), so memory is ``O((N/B + B) S d)`` for one extra forward pass.
+:func:`value_and_gradient` keeps no co-state trajectory, and with ``block=B`` states only at
+block starts and inside one block at a time: ``O((N/B + B) S d)`` for one extra forward pass.
+
+:func:`linearize_layer` gives one layer's ``Ψ_h(z_k, θ)`` with its ``jvp`` and ``vjp`` on the
+scans' layout, for a solver that works layer by layer (MSA's augmented Hamiltonian).
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from .problem import Controls, _total, _tracking_sum
-from .state import scan_final, forward, from_scan, stack_from_scan, stack_to_scan, scan_step, to_scan
+from .problem import Controls, objective_from_parts, tracking_sum
+from .state import forward, from_scan, scan_final, scan_step, stack_from_scan, stack_to_scan, to_scan
 
 __all__ = ["terminal_costate", "backward", "flow_and_backward", "costates", "gradient",
-           "value_and_gradient", "gradient_from_hamiltonian"]
+           "value_and_gradient", "gradient_from_hamiltonian", "linearize_layer", "LayerLinearization"]
 
 _tree_map = jax.tree_util.tree_map
 
@@ -61,75 +68,91 @@ def terminal_costate(problem, zN, w):
     return -jax.grad(problem.terminal)(zN, w)
 
 
-def _tracking(problem):
-    return "tracking" in problem.terms
+class LayerLinearization(NamedTuple):
+    """One layer ``Ψ_h(z, θ)`` at ``(z, θ)`` on the scans' layout (:func:`linearize_layer`).
 
-
-def _pullback(problem, zT, theta, w):
-    """One layer's pull-back at feature-major ``zT (d, S)``: ``jax.vjp`` of
-    ``(z, θ, w) ↦ (Ψ_h(z, θ), L(z, w))`` (of ``(z, θ) ↦ Ψ_h(z, θ)`` without tracking);
-    :func:`_pull` applies it."""
-    if _tracking(problem):
-        return jax.vjp(lambda z, th, w: (scan_step(problem, z, th), problem.tracking_cost(from_scan(problem, z), w)),
-                       zT, theta, w)[1]
-    return jax.vjp(lambda z, th: scan_step(problem, z, th), zT, theta)[1]
-
-
-def _pull(problem, vjp, p_next):
-    """``(∇_z H_k, J_θΨ_kᵀ p_{k+1}, ∇_w H_k or None)`` from a layer's pull-back:
-    ``J_zΨᵀp − h∇_zL``, ``J_θΨᵀp``, ``−h∇_wL``."""
-    if _tracking(problem):
-        return vjp((p_next, -problem.h))
-    return (*vjp(p_next), None)
-
-
-def _flow_vjp(problem, theta, w, z0T):
-    """The flow through the layers of ``theta`` from ``z0T (d, S)``, linearized.
-
-    Returns ``(z_n, Σ_k L(z_k, w), pull)``; ``pull(p_n) = (p_0, J_θΨ_kᵀ p_{k+1} per layer,
-    Σ_k ∇_w H_k or None)``. It is one ``jax.vjp`` of the forward scan with cotangents
-    ``(p_n, −h)``: JAX's transpose of the scan runs the co-state recursion
-    ``p_k = J_zΨ_kᵀ p_{k+1} − h∇_z L(z_k, w)`` (the equations :func:`backward` runs layer by
-    layer), each layer re-linearized from the state ``z_k`` the forward pass kept (module doc).
+    ``value = Ψ_h(z, θ)``; ``jvp(dz, dθ=None) = J_zΨ dz + J_θΨ dθ``;
+    ``vjp(p) = (J_zΨᵀ p, J_θΨᵀ p)``.
     """
-    # Module doc: each layer re-linearized from z_k in the backward pass, unless the field keeps
-    # its residuals (VectorField.rematerialize).
+
+    value: Any
+    jvp: Callable
+    vjp: Callable
+
+
+def linearize_layer(problem, zT, theta) -> LayerLinearization:
+    """``Ψ_h(z, θ)`` and its linearization at states ``zT`` in the scans' layout (``(d, S)`` for
+    dense fields, :func:`controlnet.to_scan`) and one layer's ``θ``.
+
+    Differentiable in ``theta`` (``jax.grad`` of a function of ``jvp(dz)`` gives
+    ``∇_θ ⟨q, J_zΨ(z, θ) dz⟩``, MSA's augmented Hamiltonian).
+    """
+    step = lambda z, th: scan_step(problem, z, th)  # noqa: E731
+    value, vjp = jax.vjp(step, zT, theta)
+
+    def jvp(dz, dtheta=None):
+        dtheta = _tree_map(jnp.zeros_like, theta) if dtheta is None else dtheta
+        return jax.jvp(step, (zT, theta), (dz, dtheta))[1]
+
+    return LayerLinearization(value, jvp, vjp)
+
+
+@jax.custom_jvp
+def _linearized_at(z, given):
+    """``given`` in value, ``z`` in derivative: a layer evaluated and linearized at a given state
+    while the co-state recursion still runs through the scan's carry ``z``."""
+    return given
+
+
+@_linearized_at.defjvp
+def _linearized_at_jvp(primals, tangents):
+    return primals[1], tangents[0]
+
+
+def _sweep(problem, theta, z0T, *, states=None, keep_costates=False):
+    """The co-state recursion (module doc): one ``jax.vjp`` of the forward scan from ``z0T``.
+
+    ``states``: the layers' input states ``z_0..z_{n−1}`` in the scans' layout, to linearize
+    at (default: computed by the scan). Returns ``(z_n, zs, pull)``: ``zs`` the layers' input
+    states when kept (co-states or tracking), and ``pull(p_n, w) -> (p, J_θΨ_kᵀ p_{k+1} per
+    layer, Σ_k ∇_w H_k or None, Σ_k L(z_k, w))``, ``p`` being ``p_0..p_{n−1}`` with
+    ``keep_costates``, else ``p_0``.
+    """
+    tracking = "tracking" in problem.terms
+    keep_states = keep_costates or tracking or states is not None
     remat = jax.checkpoint if problem.dynamics.rematerialize else (lambda f: f)
-    if _tracking(problem):
+    n = jax.tree_util.tree_leaves(theta)[0].shape[0]
+    eps = jnp.zeros((n,) + z0T.shape, z0T.dtype) if keep_costates else None
 
-        def flow(z0, th, w):
-            @remat
-            def layer(z, t):
-                return scan_step(problem, z, t), problem.tracking_cost(from_scan(problem, z), w)
+    def flow(z0, th, eps):
+        @remat
+        def layer(z, x):
+            t, e, given = x
+            z = z if given is None else _linearized_at(z, given)
+            z = z if e is None else z + e
+            return scan_step(problem, z, t), (z if keep_states else None)
 
-            z_n, Ls = jax.lax.scan(layer, z0, th)
-            return z_n, jnp.sum(Ls)
+        return jax.lax.scan(layer, z0, (th, eps, states))
 
-        (z_n, track), vjp = jax.vjp(flow, z0T, theta, w)
-        return z_n, track, lambda p: vjp((p, -problem.h))
+    (zNT, zsT), vjp = jax.vjp(flow, z0T, theta, eps)
 
-    def flow(z0, th):
-        layer = remat(lambda z, t: (scan_step(problem, z, t), None))
-        return jax.lax.scan(layer, z0, th)[0]
+    def pull(pT, w):
+        track, pulled_w, states_ct = 0.0, None, None if zsT is None else jnp.zeros_like(zsT)
+        if tracking:
+            # Σ_k L(z_k, w), ∇_z L(z_k, w) for every k and Σ_k ∇_w L from one gradient of Σ_k L.
+            zs = stack_from_scan(problem, zsT)
+            track, (dL, dw) = jax.value_and_grad(_tracking_over, argnums=(1, 2))(problem, zs, w)
+            states_ct = -problem.h * stack_to_scan(problem, dL)
+            pulled_w = _tree_map(lambda g: -problem.h * g, dw)
+        p0T, pulled_th, p_eps = vjp((pT, states_ct))
+        return (p_eps if keep_costates else p0T), pulled_th, pulled_w, track
 
-    z_n, vjp = jax.vjp(flow, z0T, theta)
-    return z_n, 0.0, lambda p: (*vjp(p), None)
+    return zNT, zsT, pull
 
 
-def _backward_scan(problem, zsT, theta, w, pT):
-    """Reverse scan ``p_k = ∇_z H_k`` from ``pT = p_N (d, S)``, each layer linearized at its
-    state ``zsT[k] (d, S)`` inside the scan.
-
-    Returns ``(ps (N, d, S), J_θΨ_kᵀ p_{k+1} per layer, Σ_k ∇_w H_k or None)``.
-    """
-
-    def layer(p_next, x):
-        p, g_th, g_w = _pull(problem, _pullback(problem, *x, w), p_next)
-        return p, (p, g_th, g_w)
-
-    _, (ps, g_th, g_w) = jax.lax.scan(layer, pT, (zsT, theta), reverse=True)
-    g_w = None if g_w is None else _tree_map(lambda g: g.sum(axis=0), g_w)
-    return ps, g_th, g_w
+def _tracking_over(problem, zs, w):
+    """``Σ_k L(z_k, w)`` over the layers' input states ``zs (n, S, *shape)``, every one counted."""
+    return jnp.sum(jax.vmap(problem.tracking_cost, in_axes=(0, None))(zs, w))
 
 
 def _layer_gradients(problem, theta, w, pulled_th, pulled_w):
@@ -179,18 +202,25 @@ def _terminal(problem, zN, w):
     return phi, -dz, dw
 
 
+def _costates_pull(problem, theta, zs, pull, w):
+    """``(ps (N+1, S, *shape), ∇_θ H_k per layer, Σ_k ∇_w H_k)`` from a sweep that keeps the
+    co-states, with ``p_N = −∇_zΦ(z_N, w)``."""
+    pN = terminal_costate(problem, zs[-1], w)
+    psT, pulled_th, pulled_w, _ = pull(to_scan(problem, pN), w)
+    ps = jnp.concatenate([stack_from_scan(problem, psT), pN[None]], axis=0)
+    return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w))
+
+
 def backward(problem, controls, zs):
-    """Co-states and the layers' Hamiltonian gradients from the states ``zs (N+1, S, d)``.
+    """Co-states and the layers' Hamiltonian gradients from the states ``zs (N+1, S, d)``; each
+    layer is linearized at its given state.
 
     Returns ``(ps, g_theta, g_w)``: ``ps`` of shape ``(N+1, S, *shape)``, ``g_theta = ∇_θ H_k``
     per layer (leading axis ``N``) and ``g_w = Σ_k ∇_w H_k``.
     """
-    theta, w = controls.theta, controls.w
-    pN = terminal_costate(problem, zs[-1], w)
-    psT, pulled_th, pulled_w = _backward_scan(problem, stack_to_scan(problem, zs[:-1]), theta, w,
-                                              to_scan(problem, pN))
-    ps = jnp.concatenate([stack_from_scan(problem, psT), pN[None]], axis=0)
-    return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w))
+    zsT = stack_to_scan(problem, zs[:-1])
+    _, _, pull = _sweep(problem, controls.theta, zsT[0], states=zsT, keep_costates=True)
+    return _costates_pull(problem, controls.theta, zs, pull, controls.w)
 
 
 def flow_and_backward(problem, theta, z0=None):
@@ -198,45 +228,13 @@ def flow_and_backward(problem, theta, z0=None):
     (default ``λ1(x)``; a learned lift needs ``problem.z0(controls.lift)``) by one forward
     pass, and ``backward(w) -> (ps, g_theta, g_w)``, what :func:`backward` returns for
     ``Controls(theta, w)`` and these states, for a read-out ``w`` chosen after the forward pass
-    (MSA's Newton read-out).
-
-    The co-state recursion ``p_k = J_zΨ_kᵀ p_{k+1} − h∇_z L(z_k, w)`` is JAX's transpose of the
-    forward scan, each layer re-linearized from its state (``jax.checkpoint``, as in
-    :func:`value_and_gradient`): ``p_k`` is the cotangent of a zero perturbation ``ε_k`` of
-    layer ``k``'s input state, and the tracking term enters as the cotangent
-    ``−h∇_z L(z_k, w)`` of the states the scan returns, so ``w`` is needed only at the pull.
-    Forward and backward together took 0.80× the time of :func:`controlnet.forward` followed
-    by :func:`backward` on the reference problem (paired), with the same numbers.
+    (MSA's Newton read-out). One sweep (module doc): the layers linearized in the forward pass
+    are pulled back without a second forward pass.
     """
     z0T = to_scan(problem, problem.z0() if z0 is None else z0)
-
-    def flow(z0, th, eps):
-        @jax.checkpoint
-        def layer(z, x):
-            t, e = x
-            z = z + e
-            return scan_step(problem, z, t), z
-
-        return jax.lax.scan(layer, z0, (th, eps))
-
-    (zNT, zsT), vjp = jax.vjp(flow, z0T, theta, jnp.zeros((problem.N,) + z0T.shape, z0T.dtype))
+    zNT, zsT, pull = _sweep(problem, theta, z0T, keep_costates=True)
     zs = jnp.concatenate([stack_from_scan(problem, zsT), from_scan(problem, zNT)[None]], axis=0)
-
-    def pull(w):
-        pN = terminal_costate(problem, zs[-1], w)
-        if _tracking(problem):
-            # ∇_z L(z_k, w) for every k and Σ_k ∇_w L(z_k, w) from one gradient of Σ_k L.
-            track = lambda zs, w: jnp.sum(jax.vmap(problem.tracking_cost, in_axes=(0, None))(zs, w))  # noqa: E731
-            dL, dw = jax.grad(track, argnums=(0, 1))(zs[:-1], w)
-            states_ct = -problem.h * stack_to_scan(problem, dL)
-            pulled_w = _tree_map(lambda g: -problem.h * g, dw)
-        else:
-            states_ct, pulled_w = jnp.zeros_like(zsT), None
-        _, pulled_th, p_eps = vjp((to_scan(problem, pN), states_ct))
-        ps = jnp.concatenate([stack_from_scan(problem, p_eps), pN[None]], axis=0)
-        return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w))
-
-    return zs, pull
+    return zs, lambda w: _costates_pull(problem, theta, zs, pull, w)
 
 
 def costates(problem, controls, zs=None):
@@ -251,14 +249,11 @@ def gradient(problem, controls):
     ``∇J`` is a :class:`Controls`; it equals ``jax.grad`` of :func:`controlnet.objective` to
     round-off (tested in float64).
     """
-    theta, w = controls.theta, controls.w
-    zs = forward(problem, theta, problem.z0(controls.lift))
-    phi, pN, dphi_dw = _terminal(problem, zs[-1], w)
-    psT, pulled_th, pulled_w = _backward_scan(problem, stack_to_scan(problem, zs[:-1]), theta, w,
-                                              to_scan(problem, pN))
-    ps = jnp.concatenate([stack_from_scan(problem, psT), pN[None]], axis=0)
-    g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
-    J = _total(problem, controls, phi, _tracking_sum(problem, zs, w))
+    zs, pull = flow_and_backward(problem, controls.theta, problem.z0(controls.lift))
+    ps, g_theta, g_w = pull(controls.w)
+    phi = problem.terminal(zs[-1], controls.w)
+    dphi_dw = jax.grad(problem.terminal, argnums=1)(zs[-1], controls.w)
+    J = objective_from_parts(problem, controls, phi, tracking_sum(problem, zs, controls.w))
     return J, _assemble(problem, controls, g_theta, g_w, dphi_dw, ps[0]), zs, ps
 
 
@@ -273,43 +268,46 @@ def _blocks(N, block):
     return N // block, block
 
 
+def _blocked_pull(problem, theta, w, z0T, nb, B):
+    """``(z_N, pull)`` with only the states at block starts kept: ``pull(p_N)`` runs the sweep
+    block by block, backward, each from its first state (checkpointing)."""
+    theta_b = _tree_map(lambda a: a.reshape((nb, B) + a.shape[1:]), theta)
+    zNT, starts = jax.lax.scan(lambda z, th: (scan_final(problem, th, z), z), z0T, theta_b)
+
+    def pull(pT, w):
+        def bwd_block(p_next, inputs):
+            z_start, th = inputs
+            p, g_th, g_w, track = _sweep(problem, th, z_start)[2](p_next, w)
+            return p, (g_th, g_w, track)
+
+        p0T, (pulled_th, pulled_w, tracks) = jax.lax.scan(bwd_block, pT, (starts, theta_b), reverse=True)
+        pulled_th = _tree_map(lambda a: a.reshape((nb * B,) + a.shape[2:]), pulled_th)
+        pulled_w = None if pulled_w is None else _tree_map(lambda g: g.sum(axis=0), pulled_w)
+        return p0T, pulled_th, pulled_w, jnp.sum(tracks)
+
+    return zNT, pull
+
+
 def value_and_gradient(problem, controls, *, block=None):
     """``(J, ∇J, z_N)`` by the adjoint method, keeping no co-state trajectory.
 
-    Without ``block`` the forward pass keeps the states and the backward pass re-linearizes each
-    layer from its state as it pulls the co-states back (:func:`_flow_vjp`, module doc). With
-    ``block=B`` (a divisor of ``N``) only
-    ``z_0, z_B, z_{2B}, …`` are kept from the forward pass; the backward pass re-linearizes each
-    block from its first state. Memory
-    ``O((N/B + B) S d)`` instead of ``O(N S d)``, for one extra forward pass; ``B ≈ √N`` is the
-    smallest. The result equals :func:`gradient` to round-off (tested).
+    Without ``block`` one sweep (module doc) from ``z_0``. With ``block=B`` (a divisor of ``N``)
+    only ``z_0, z_B, z_{2B}, …`` are kept from the forward pass; the backward pass runs the
+    sweep over each block from its first state. Memory ``O((N/B + B) S d)`` instead of
+    ``O(N S d)``, for one extra forward pass; ``B ≈ √N`` is the smallest. The result equals
+    :func:`gradient` to round-off (tested).
     """
     nb, B = _blocks(problem.N, block)
     theta, w = controls.theta, controls.w
     z0T = to_scan(problem, problem.z0(controls.lift))
     if block is None:
-        zNT, track, pull = _flow_vjp(problem, theta, w, z0T)
-        zN = from_scan(problem, zNT)
-        phi, pN, dphi_dw = _terminal(problem, zN, w)
-        p0T, pulled_th, pulled_w = pull(to_scan(problem, pN))
+        zNT, _, pull = _sweep(problem, theta, z0T)
     else:
-        theta_b = _tree_map(lambda a: a.reshape((nb, B) + a.shape[1:]), theta)
-        zNT, starts = jax.lax.scan(lambda z, th: (scan_final(problem, th, z), z), z0T, theta_b)
-        zN = from_scan(problem, zNT)
-        phi, pN, dphi_dw = _terminal(problem, zN, w)
-
-        def bwd_block(p_next, inputs):
-            z_start, th = inputs
-            _, track, pull = _flow_vjp(problem, th, w, z_start)
-            p, g_th, g_w = pull(p_next)
-            return p, (g_th, g_w, track)
-
-        p0T, (pulled_th, pulled_w, tracks) = jax.lax.scan(bwd_block, to_scan(problem, pN), (starts, theta_b),
-                                                          reverse=True)
-        pulled_th = _tree_map(lambda a: a.reshape((nb * B,) + a.shape[2:]), pulled_th)
-        pulled_w = None if pulled_w is None else _tree_map(lambda g: g.sum(axis=0), pulled_w)
-        track = jnp.sum(tracks)
+        zNT, pull = _blocked_pull(problem, theta, w, z0T, nb, B)
+    zN = from_scan(problem, zNT)
+    phi, pN, dphi_dw = _terminal(problem, zN, w)
+    p0T, pulled_th, pulled_w, track = pull(to_scan(problem, pN), w)
     g_theta, g_w = _layer_gradients(problem, theta, w, pulled_th, pulled_w)
-    J = _total(problem, controls, phi, track)
+    J = objective_from_parts(problem, controls, phi, track)
     p0 = None if problem.lift is None else from_scan(problem, p0T)
     return J, _assemble(problem, controls, g_theta, g_w, dphi_dw, p0), zN

@@ -31,7 +31,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from .activations import activation
+from .activations import activation, lipschitz_constant
 from .dynamics import DYNAMICS, VectorField
 
 __all__ = ["Conv", "ParabolicConv", "AntisymmetricConv", "conv", "conv_transpose",
@@ -106,6 +106,13 @@ class _ConvField(VectorField):
         """``K (d, d, k, …)`` with standard deviation ``scale/√(d kⁿ)``; ``d`` is the channel count."""
         return _init_kernel(key, d, self.kernel, self.ndim, scale)
 
+    def _operator_norm(self, K, space):
+        """``‖K‖₂`` on states of spatial shape ``space`` (power iteration, an estimate from below)."""
+        if space is None:
+            raise ValueError("a convolutional field's bound needs the states' spatial shape: "
+                             "pass space=problem.state_shape[1:]")
+        return conv_spectral_norm(K, tuple(space))
+
     def check_state(self, shape) -> None:
         """Raise unless ``shape`` (one sample's state) is ``(C, *space)`` with ``ndim`` spatial axes."""
         if len(shape) != 1 + self.ndim:
@@ -122,6 +129,10 @@ class Conv(_ConvField):
     def __call__(self, z, theta):
         return activation(self.activation)(conv(z, theta["K"]) + _bias(theta["b"], self.ndim))
 
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(σ(K∗z + b)) ≤ L_σ ‖K‖₂`` (``‖K‖₂`` estimated, :func:`conv_spectral_norm`)."""
+        return lipschitz_constant(self.activation) * self._operator_norm(theta["K"], space)
+
 
 @dataclasses.dataclass(frozen=True)
 class ParabolicConv(_ConvField):
@@ -131,6 +142,10 @@ class ParabolicConv(_ConvField):
         K = theta["K"]
         return -conv_transpose(activation(self.activation)(conv(z, K) + _bias(theta["b"], self.ndim)), K)
 
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(−Kᵀσ(K∗z + b)) ≤ L_σ ‖K‖₂²`` (``‖K‖₂`` estimated, :func:`conv_spectral_norm`)."""
+        return lipschitz_constant(self.activation) * self._operator_norm(theta["K"], space) ** 2
+
 
 @dataclasses.dataclass(frozen=True)
 class AntisymmetricConv(_ConvField):
@@ -139,6 +154,11 @@ class AntisymmetricConv(_ConvField):
     def __call__(self, z, theta):
         K = theta["K"]
         return activation(self.activation)(conv(z, K - transposed_kernel(K)) + _bias(theta["b"], self.ndim))
+
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(σ((K−Kᵀ)∗z + b)) ≤ L_σ ‖K−Kᵀ‖₂`` (estimated, :func:`conv_spectral_norm`)."""
+        K = theta["K"]
+        return lipschitz_constant(self.activation) * self._operator_norm(K - transposed_kernel(K), space)
 
 
 def conv_spectral_norm(K, space, iters: int = 50, key=None):

@@ -4,6 +4,11 @@ A vector field is a frozen dataclass: its fields are structural (activation, inn
 its parameters ``θ`` for one layer are a dict of arrays made by :meth:`VectorField.init`.
 ``__call__`` acts on a batch of states ``z`` of shape ``(..., d)`` (samples on the leading
 axes), so a whole data set moves through one layer as one matrix product.
+
+What a field is lives with it: its formula, its parameters, and the capabilities a solver or a
+diagnostic asks it for, each with a documented default: :meth:`VectorField.lipschitz_bound` (the
+stability diagnostic's weight bound) and :meth:`VectorField.casadi` (the direct solver's
+symbolic translation).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import dataclasses
 from typing import ClassVar
 
 import jax
+import jax.numpy as jnp
 
-from .activations import activation
+from .activations import activation, casadi_activation, lipschitz_constant
 
 __all__ = [
     "VectorField",
@@ -59,12 +65,35 @@ class VectorField(abc.ABC):
         """
         return jax.vmap(self, in_axes=(1, None), out_axes=1)(zT, theta)
 
+    def lipschitz_bound(self, theta, space=None):
+        """An upper bound of ``Lip(f(·, θ))`` from one layer's weights ``θ``, a 0-d array;
+        ``space`` is the states' spatial shape (for fields on structured states).
+
+        The default is ``None``: no bound known, and the stability diagnostics then report
+        only the local constant along the data (:func:`controlnet.diagnostics.jacobian_norms`).
+        """
+        return None
+
+    def casadi(self, Z, theta, ca):
+        """``f(Z, θ)`` in CasADi expressions for a batch ``Z (d×S)`` (samples along columns) and
+        one layer's ``θ`` as a dict of CasADi matrices shaped like :meth:`init`'s; ``ca`` is the
+        ``casadi`` module (passed in: the core does not import it). Used by the direct solver.
+
+        The default is ``NotImplemented``: the field has no translation.
+        """
+        return NotImplemented
+
     def check_state(self, shape) -> None:
         """Raise ``ValueError`` unless one sample's state ``shape`` suits the field: ``(d,)`` here."""
         if len(shape) != 1:
             raise ValueError(f"{type(self).__name__} acts on vector states (samples, features), got states "
                              f"of shape (samples, {', '.join(map(str, shape))}); flatten x to (samples, "
                              "features) or use a convolutional field (controlnet.Conv)")
+
+
+def _spectral(M):
+    """``‖M‖₂``, the largest singular value."""
+    return jnp.linalg.norm(M, ord=2)
 
 
 def _normal(key, shape, std):
@@ -94,6 +123,14 @@ class InnerActivation(VectorField):
     def init(self, key, d, scale=1.0):
         return _square_init(key, d, scale)
 
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(σ(Wz + b)) ≤ L_σ ‖W‖₂``."""
+        return lipschitz_constant(self.activation) * _spectral(theta["W"])
+
+    def casadi(self, Z, theta, ca):
+        act = casadi_activation(self.activation, ca)
+        return act(ca.mtimes(theta["W"], Z) + ca.repmat(theta["b"], 1, Z.shape[1]))
+
 
 @dataclasses.dataclass(frozen=True)
 class OuterActivation(VectorField):
@@ -112,6 +149,14 @@ class OuterActivation(VectorField):
 
     def init(self, key, d, scale=1.0):
         return _square_init(key, d, scale)
+
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(Wσ(z) + b) ≤ ‖W‖₂ L_σ``."""
+        return lipschitz_constant(self.activation) * _spectral(theta["W"])
+
+    def casadi(self, Z, theta, ca):
+        act = casadi_activation(self.activation, ca)
+        return ca.mtimes(theta["W"], act(Z)) + ca.repmat(theta["b"], 1, Z.shape[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +186,16 @@ class TwoLayer(VectorField):
             "B": _normal(kB, (d, m), scale / m**0.5),
         }
 
+    def lipschitz_bound(self, theta, space=None):
+        """``Lip(Bσ(Az + a)) ≤ ‖B‖₂ L_σ ‖A‖₂``."""
+        return lipschitz_constant(self.activation) * _spectral(theta["B"]) * _spectral(theta["A"])
 
-#: Names used by the CLI and by :func:`controlnet.problem.make_dynamics`.
+    def casadi(self, Z, theta, ca):
+        act = casadi_activation(self.activation, ca)
+        return ca.mtimes(theta["B"], act(ca.mtimes(theta["A"], Z) + ca.repmat(theta["a"], 1, Z.shape[1])))
+
+
+#: The fields by the names the command line and :mod:`problems` take.
 DYNAMICS = {
     "inner": InnerActivation,
     "outer": OuterActivation,

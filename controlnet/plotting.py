@@ -5,6 +5,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .animation import animate_flow, save_animation
+
 __all__ = ["plot_flow", "plot_history", "layer_choice"]
 
 
@@ -24,6 +26,26 @@ def layer_choice(N: int, count: int = 4) -> list[int]:
     return sorted({int(round(k)) for k in np.linspace(0, N, min(count, N + 1))})
 
 
+def _layer_panels(zs, y, layers, title_of, size, grid=None):
+    """One panel per layer ``k`` in ``layers``: the states ``zs[k] (S, d)`` coloured by ``y``, in
+    the plane or in 3-D (``d ≥ 3``, first three coordinates), over the lines ``grid[k]`` if
+    given; panel titles ``title_of(k)``."""
+    d = zs.shape[-1]
+    three = d >= 3
+    fig = plt.figure(figsize=(size * len(layers), size))
+    for j, k in enumerate(layers):
+        ax = fig.add_subplot(1, len(layers), j + 1, projection="3d" if three else None)
+        for line in () if grid is None else grid[k]:
+            ax.plot(*line[:, : 3 if three else 2].T, color="0.6", lw=0.5)
+        z = zs[k]
+        coords = (z[:, 0], z[:, 1], z[:, 2]) if three else (z[:, 0], z[:, 1] if d > 1 else np.zeros(len(z)))
+        ax.scatter(*coords, c=y, cmap="coolwarm", s=6, vmin=y.min(), vmax=y.max())
+        ax.set_title(title_of(k), fontsize=10)
+        if not three:
+            ax.set_aspect("equal", adjustable="datalim")
+    return fig
+
+
 def plot_flow(zs, y, layers=None, *, T: float | None = None, title: str | None = None):
     """The data moving through the layers: states ``z_k`` at a few layers, coloured by label.
 
@@ -34,18 +56,8 @@ def plot_flow(zs, y, layers=None, *, T: float | None = None, title: str | None =
     y = np.asarray(y)
     N = zs.shape[0] - 1
     layers = layer_choice(N) if layers is None else list(layers)
-    d = zs.shape[-1]
-    three = d >= 3
-    fig = plt.figure(figsize=(3.6 * len(layers), 3.6))
-    for j, k in enumerate(layers):
-        ax = fig.add_subplot(1, len(layers), j + 1, projection="3d" if three else None)
-        z = zs[k]
-        coords = (z[:, 0], z[:, 1], z[:, 2]) if three else (z[:, 0], z[:, 1] if d > 1 else np.zeros(len(z)))
-        ax.scatter(*coords, c=y, cmap="coolwarm", s=6, vmin=y.min(), vmax=y.max())
-        label = f"layer {k}" + (f", t = {k * T / N:.2g}" if T is not None else "")
-        ax.set_title(label, fontsize=10)
-        if not three:
-            ax.set_aspect("equal", adjustable="datalim")
+    fig = _layer_panels(zs, y, layers, lambda k: f"layer {k}" + (f", t = {k * T / N:.2g}" if T is not None else ""),
+                        3.6)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -123,17 +135,7 @@ def plot_flow_grid(problem, controls, layers=None, *, lines: int = 11, points: i
     y = np.asarray(problem.y).reshape(len(x), -1)[:, 0]
     N = zs.shape[0] - 1
     layers = layer_choice(N) if layers is None else list(layers)
-    three = zs.shape[-1] >= 3
-    fig = plt.figure(figsize=(3.8 * len(layers), 3.8))
-    for j, k in enumerate(layers):
-        ax = fig.add_subplot(1, len(layers), j + 1, projection="3d" if three else None)
-        dims = 3 if three else 2
-        for line in zg[k]:
-            ax.plot(*line[:, :dims].T, color="0.6", lw=0.5)
-        ax.scatter(*zs[k][:, :dims].T, c=y, cmap="coolwarm", s=6, vmin=y.min(), vmax=y.max())
-        ax.set_title(f"layer {k}, t = {k * float(problem.T) / N:.2g}", fontsize=10)
-        if not three:
-            ax.set_aspect("equal", adjustable="datalim")
+    fig = _layer_panels(zs, y, layers, lambda k: f"layer {k}, t = {k * float(problem.T) / N:.2g}", 3.8, zg)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -355,80 +357,6 @@ def plot_feature_maps(zs, sample: int = 0, layers=None, *, T: float | None = Non
     return fig
 
 
-def animate_flow(zs, y=None, *, grid=None, T: float | None = None, title: str | None = None, interval: int = 120):
-    """The data moving through the layers as a film: one frame per layer ``k = 0..N``.
-
-    ``zs (N+1, S, d)``: the samples coloured by ``y``, in the plane (``d ≤ 2``) or in 3-D (first
-    three coordinates); ``grid``: the moving grid of the input plane, ``(N+1, lines, points, d)``
-    (what :func:`plot_flow_grid` draws, from ``_grid_states``). States with channels and space
-    ``(N+1, S, C, L)`` show sample 0's feature maps. Returns a
-    ``matplotlib.animation.FuncAnimation``; :func:`save_animation` writes it.
-    """
-    from matplotlib.animation import FuncAnimation
-
-    zs = np.asarray(zs)
-    N = zs.shape[0] - 1
-    label = lambda k: f"layer {k}" + (f", t = {k * T / N:.2g}" if T is not None else "")  # noqa: E731
-    if zs.ndim == 4:  # (N+1, S, C, L): sample 0's channels × positions
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        lim = float(np.max(np.abs(zs[:, 0])))
-        im = ax.imshow(zs[0, 0], aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_xlabel("position")
-        ax.set_ylabel("channel")
-
-        def frame(k):
-            im.set_data(zs[k, 0])
-            ax.set_title(label(k))
-            return (im,)
-    elif zs.ndim == 3:
-        d = zs.shape[-1]
-        three = d >= 3
-        fig = plt.figure(figsize=(4.2, 4.2))
-        ax = fig.add_subplot(1, 1, 1, projection="3d" if three else None)
-        dims = 3 if three else 2
-        pts = zs[..., :dims] if d >= 2 else np.concatenate([zs, np.zeros_like(zs)], -1)
-        c = None if y is None else np.asarray(y).reshape(zs.shape[1], -1)[:, 0]
-        lo, hi = pts.reshape(-1, dims).min(0), pts.reshape(-1, dims).max(0)
-
-        def frame(k):
-            ax.cla()
-            if grid is not None:
-                for line in np.asarray(grid)[k]:
-                    ax.plot(*line[:, :dims].T, color="0.6", lw=0.5)
-            ax.scatter(*pts[k].T, c=c, cmap="coolwarm", s=6)
-            for setter, a, b in zip((ax.set_xlim, ax.set_ylim, getattr(ax, "set_zlim", None)), lo, hi):
-                pad = 0.05 * (b - a) + 1e-9
-                setter(a - pad, b + pad)
-            ax.set_title(label(k), fontsize=10)
-            return ()
-    else:
-        raise ValueError(f"animate_flow draws states (N+1, S, d) or (N+1, S, C, L), got shape {zs.shape}")
-    if title:
-        fig.suptitle(title)
-    return FuncAnimation(fig, frame, frames=N + 1, interval=interval, blit=False)
-
-
-def save_animation(anim, path, fps: int = 8):
-    """Write ``anim`` as a GIF (Pillow, a matplotlib dependency) to ``path``, whole or not at all."""
-    import pathlib
-    import tempfile
-
-    from matplotlib.animation import PillowWriter
-
-    from .io import atomic_write
-
-    path = pathlib.Path(path)
-    if path.suffix.lower() != ".gif":
-        raise ValueError(f"save_animation writes GIF files; name the file *.gif, got {path.name}")
-    with tempfile.TemporaryDirectory() as tmp:
-        frames = pathlib.Path(tmp) / "film.gif"
-        anim.save(frames, writer=PillowWriter(fps=fps))
-        data = frames.read_bytes()
-    atomic_write(path, lambda f: f.write(data))
-    plt.close(anim._fig)
-    return path
-
-
 def plot_critical_points(F, points, lower, upper, *, resolution: int = 200, title: str | None = None):
     """The scalar map ``F`` over the box ``[lower, upper]`` (1-D: its graph; 2-D: its contours and
     the sign of ``F``, the decision regions of a score) with its critical points
@@ -462,7 +390,7 @@ def plot_critical_points(F, points, lower, upper, *, resolution: int = 200, titl
     return fig
 
 
-__all__ += ["animate_flow", "save_animation", "plot_critical_points"]
+__all__ += ["animate_flow", "save_animation", "plot_critical_points"]  # the first two from .animation
 
 
 def plot_robustness(curves: dict, *, norm: str = "2", title: str | None = None):

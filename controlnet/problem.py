@@ -12,15 +12,16 @@
 :class:`ControlProblem` holds the structure (dynamics, integrator, ``N``, width, loss) as static
 fields and the numbers (data, the step ``h``, weights) as pytree leaves, so one compiled function
 serves every horizon and weight of the same structure. The leaf is ``h``, not ``T``: ``h = T/N``
-is computed once, at construction, because XLA on the CPU ran the layer loops 6-10 % slower
-with ``h`` computed inside the program than with ``h`` passed in (measured, see
-docs/architecture.md). ``T`` is kept as given for display; differentiate with respect to ``h``
+is computed once, at construction, because XLA on the CPU runs the layer loops slower with
+``h`` computed inside the program than passed in (docs/architecture.md). ``T`` is a constructor
+argument kept as given for display, not a field; differentiate with respect to ``h``
 (``dJ/dT = (1/N) dJ/dh``). Which running costs are present at all is
 structure too (``terms``): a zero weight costs nothing in the compiled code.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, ClassVar, NamedTuple
@@ -30,15 +31,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import costs as _costs
+from . import inputs
 from .costs import Loss
 from .dynamics import VectorField
 from .integrators import Integrator
 from .lift import ConvLift
 from .lift import lift as zero_pad
+from .pytrees import pytree_dataclass, static_field
 from .readout import init_readout, readout
 from .state import final_state, forward
 
-__all__ = ["Controls", "ControlProblem", "objective", "objective_value", "metrics"]
+__all__ = ["Controls", "ControlProblem", "objective", "objective_value", "objective_from_parts", "tracking_sum",
+           "metrics"]
 
 
 class Controls(NamedTuple):
@@ -50,14 +54,16 @@ class Controls(NamedTuple):
     lift: Any = None
 
 
-_META = ("dynamics", "integrator", "N", "width", "loss", "lift", "pooling", "terms")
 _WEIGHTS = ("l2", "l1", "smoothness", "tracking", "readout_l2", "lift_l2")
-_DATA = ("x", "y", "h") + _WEIGHTS
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class ControlProblem:
     """A training problem as a discrete optimal control problem (formulas in the module doc).
+
+    A pytree (:func:`controlnet.pytrees.pytree_dataclass`): the data ``x, y``, the step ``h`` and
+    the weights are its leaves; the field, integrator, ``N``, width, loss, lift, pooling and the
+    set of present cost terms are its structure. ``T`` is not a leaf (module doc).
 
     Args:
         dynamics: the vector field ``f(z, θ)``.
@@ -66,8 +72,10 @@ class ControlProblem:
         width: state dimension ``d`` (channels, for states with spatial axes); without a learned
             lift ``d ≥ d_in`` and the data are zero-padded to it.
         loss: the per-sample loss ``ℓ``.
-        x: data, shape ``(S, d_in)`` for vectors, ``(S, C_in, L)`` for signals, ``(S, C_in, H, W)``
-            for images; the initial states are ``λ1(x)``, shape ``(S, d, *space)``.
+        x: data, real numbers of shape ``(S, d_in)`` for vectors, ``(S, C_in, L)`` for signals,
+            ``(S, C_in, H, W)`` for images; the initial states are ``λ1(x)``, shape
+            ``(S, d, *space)``. Every value must be finite in the computation dtype (float32
+            unless ``jax_enable_x64`` is on).
         y: labels or targets, one per sample.
         T: time horizon (the depth of the network in time units), ``h = T/N``.
         l2: weight ``α`` of the running cost ``R``'s ``(1/2)‖θ‖²``.
@@ -84,32 +92,33 @@ class ControlProblem:
 
     Attributes:
         h: the step ``T/N``, a 0-d array set at construction: the pytree leaf of the horizon.
+        T: the horizon as given (``N·h`` on a problem rebuilt from its leaves by JAX).
         weight_names: the names of the cost weights, ``("l2", "l1", "smoothness", "tracking",
             "readout_l2", "lift_l2")`` (class attribute).
     """
 
-    dynamics: VectorField
-    integrator: Integrator
-    N: int
-    width: int
-    loss: Loss
+    dynamics: VectorField = static_field()
+    integrator: Integrator = static_field()
+    N: int = static_field()
+    width: int = static_field()
+    loss: Loss = static_field()
     x: Any
     y: Any
-    T: Any = 1.0
+    h: Any = dataclasses.field(init=False, default=None)
+    T: dataclasses.InitVar[Any] = 1.0
     l2: Any = 0.0
     l1: Any = 0.0
     smoothness: Any = 0.0
     tracking: Any = 0.0
     readout_l2: Any = 1e-3
-    lift: Any = None
+    lift: Any = static_field(default=None)
     lift_l2: Any = 1e-3
-    pooling: str = "mean"
-    terms: frozenset = dataclasses.field(init=False, default=frozenset())
-    h: Any = dataclasses.field(init=False, default=None)
+    pooling: str = static_field(default="mean")
+    terms: frozenset = static_field(init=False, default=frozenset())
     weight_names: ClassVar[tuple] = _WEIGHTS
 
-    def __post_init__(self):
-        _validate(self)
+    def __post_init__(self, T):
+        _validate(self, T)
         set_ = object.__setattr__
         set_(self, "x", jnp.asarray(np.asarray(self.x), dtype=jnp.result_type(float)))
         y = np.asarray(self.y)
@@ -121,11 +130,12 @@ class ControlProblem:
         set_(self, "terms", frozenset(terms))
         # The numbers as 0-d weakly typed arrays, whatever they came as (a Python or numpy
         # float): one signature for the compiled step, and no conversion of Python floats on
-        # every call (2-3 % of a gradient step on the reference problem, measured).
-        for n in ("T",) + _WEIGHTS:
+        # every call (a visible share of a small problem's gradient step).
+        for n in _WEIGHTS:
             set_(self, n, jnp.asarray(float(getattr(self, n))))
+        set_(self, "_horizon", jnp.asarray(float(T)))
         # The step as a leaf of its own, divided here in double precision (module doc).
-        set_(self, "h", jnp.asarray(float(self.T) / self.N))
+        set_(self, "h", jnp.asarray(float(T) / self.N))
 
     # -- the pieces of J ---------------------------------------------------------------------
     @property
@@ -217,14 +227,43 @@ class ControlProblem:
             return 0.0
         return self.lift_l2 * _costs.l2(lift)
 
+    def check_inputs(self, x, y=None, *, what: str = "test") -> None:
+        """Raise a ``TypeError``/``ValueError`` saying what to change unless ``x`` (and ``y``)
+        suit this problem as another split of its data: real numbers, finite in the computation
+        dtype, the training data's per-sample shape ``x.shape[1:]`` (a split with other features
+        or channels would be zero-padded or fail late), one label per sample of the same kind.
+        ``what`` names the split in the messages."""
+        xa = inputs.real_array(x, f"{what} x", "rows of features")
+        if xa.ndim != self.x.ndim or xa.shape[1:] != self.x.shape[1:]:
+            raise ValueError(f"{what} x has shape {xa.shape}, but the training data's samples have shape "
+                             f"{tuple(self.x.shape[1:])}: pass x of shape (samples, "
+                             f"{', '.join(map(str, self.x.shape[1:]))})")
+        inputs.check_finite(xa, f"{what} x")
+        if y is None:
+            return
+        ya = inputs.real_array(y, f"{what} y", "labels or targets")
+        if ya.shape[:1] != xa.shape[:1]:
+            raise ValueError(f"{what} y has {ya.shape[0] if ya.ndim else 0} rows but {what} x has "
+                             f"{xa.shape[0]}; pass one label per sample")
+        if ya.shape[1:] != self.y.shape[1:]:
+            raise ValueError(f"{what} y has shape {ya.shape}, but the training labels have per-sample shape "
+                             f"{tuple(self.y.shape[1:])}; pass labels like the training ones")
+        if np.issubdtype(ya.dtype, np.floating):
+            inputs.check_finite(ya, f"{what} y")
+        self.loss.check_labels(ya)
+
     def with_data(self, x, y) -> "ControlProblem":
-        """The same problem on other data (validated); under ``jit`` use :meth:`replace_data`."""
+        """The same problem on another split of its data, checked (:meth:`check_inputs`); under
+        ``jit`` use :meth:`replace_data`."""
+        self.check_inputs(x, y, what="the new")
         return dataclasses.replace(self, x=x, y=y)
 
     def replace_data(self, x, y) -> "ControlProblem":
         """The same problem on other data, without validation (safe inside ``jit``)."""
-        data, meta = _flatten(self)
-        return _unflatten(meta, (x, y) + data[2:])
+        new = copy.copy(self)
+        object.__setattr__(new, "x", x)
+        object.__setattr__(new, "y", y)
+        return new
 
     def describe(self) -> dict:
         """A JSON-able description of the problem (for results and logs)."""
@@ -249,29 +288,23 @@ def _number(a) -> float:
     return float(str(np.asarray(a)[()]))
 
 
-def _flatten(p):
-    return tuple(getattr(p, n) for n in _DATA), tuple(getattr(p, n) for n in _META)
+def _horizon(p):
+    """``T``: as given at construction; ``N·h`` on a problem JAX rebuilt from its leaves (no
+    ``T`` for placeholder leaves such as ``None``)."""
+    T = p.__dict__.get("_horizon")
+    if T is not None:
+        return T
+    number = isinstance(p.h, (jax.Array, np.ndarray, np.generic, float))
+    return p.N * p.h if number else None
 
 
-def _unflatten(meta, data):
-    # Bypasses __init__: leaves may be tracers, and validation belongs to construction time.
-    p = object.__new__(ControlProblem)
-    for name, value in zip(_META, meta):
-        object.__setattr__(p, name, value)
-    for name, value in zip(_DATA, data):
-        object.__setattr__(p, name, value)
-    # T is not a leaf (module doc); inside a traced function nothing reads it, so this costs
-    # nothing in compiled code. JAX also unflattens placeholders (None, specs): no T for those.
-    h = p.h
-    number = isinstance(h, (jax.Array, np.ndarray, np.generic, float))
-    object.__setattr__(p, "T", p.N * h if number else None)
-    return p
+# T is a constructor argument (an InitVar), not a field, so not a leaf (module doc); read back
+# through this property. Inside a traced function nothing reads it.
+ControlProblem.T = property(_horizon, doc=_horizon.__doc__)
 
 
-jax.tree_util.register_pytree_node(ControlProblem, _flatten, _unflatten)
-
-
-def _validate(p: ControlProblem) -> None:
+def _validate(p: ControlProblem, T) -> None:
+    """Every constructor argument, before any conversion (messages say what to pass)."""
     if not isinstance(p.dynamics, VectorField):
         raise TypeError(f"dynamics must be a VectorField, got {type(p.dynamics).__name__}")
     if not isinstance(p.integrator, Integrator):
@@ -280,12 +313,10 @@ def _validate(p: ControlProblem) -> None:
         raise TypeError(f"loss must be a Loss, got {type(p.loss).__name__}")
     if not isinstance(p.N, (int, np.integer)) or isinstance(p.N, bool) or p.N < 1:
         raise ValueError(f"N (number of layers) must be an integer >= 1, got {p.N!r}")
-    x = np.asarray(p.x)
+    x = inputs.real_array(p.x, "x", "rows of features")
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"x must have shape (samples, features) or (samples, channels, *space), got {x.shape}")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.sum(~np.isfinite(x)))
-        raise ValueError(f"x holds {bad} NaN or Inf values; clean or drop those samples")
+    inputs.check_finite(x, "x")
     if p.lift is not None and not isinstance(p.lift, ConvLift):
         raise TypeError(f"lift must be None (zero padding) or a ConvLift, got {type(p.lift).__name__}")
     if not isinstance(p.width, (int, np.integer)) or isinstance(p.width, bool) or p.width < 1:
@@ -297,20 +328,24 @@ def _validate(p: ControlProblem) -> None:
     p.dynamics.check_state((p.width,) + x.shape[2:])
     if p.pooling not in ("mean", "flatten"):
         raise ValueError(f"pooling must be 'mean' (global average over space) or 'flatten', got {p.pooling!r}")
-    y = np.asarray(p.y)
+    y = inputs.real_array(p.y, "y", "labels or targets")
     if y.shape[:1] != x.shape[:1]:
         raise ValueError(
             f"y has {y.shape[0] if y.ndim else 0} rows but x has {x.shape[0]}; "
             "pass one label per sample"
         )
-    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
-        raise ValueError("y holds NaN or Inf values; clean or drop those samples")
+    if np.issubdtype(y.dtype, np.floating):
+        inputs.check_finite(y, "y")
     p.loss.check_labels(y)
-    # The numbers become arrays of the computation dtype: 1e300 is finite in Python and inf in
-    # float32, so the bound is that dtype's largest number.
-    dtype = np.dtype(jnp.result_type(float))
+    _validate_numbers(p, T)
+
+
+def _validate_numbers(p: ControlProblem, T) -> None:
+    """``T > 0`` and weights ``≥ 0``, all at most the computation dtype's largest number: they
+    become arrays of that dtype, and 1e300 is finite in Python but inf in float32."""
+    dtype = inputs.computation_dtype()
     big = float(np.finfo(dtype).max)
-    T = float(p.T)
+    T = float(T)
     if not 0 < T <= big:
         raise ValueError(f"horizon T must be a positive number at most {big:.4g} (the largest {dtype}), got {T!r}")
     for name in _WEIGHTS:
@@ -331,10 +366,10 @@ def objective_value(problem: ControlProblem, controls: Controls):
     if "tracking" in problem.terms:
         return objective(problem, controls)[0]
     zN = final_state(problem, controls.theta, problem.z0(controls.lift))
-    return _total(problem, controls, problem.terminal(zN, controls.w), 0.0)
+    return objective_from_parts(problem, controls, problem.terminal(zN, controls.w), 0.0)
 
 
-def _total(problem, controls, terminal, tracking):
+def objective_from_parts(problem, controls, terminal, tracking):
     """``J = Φ + h Σ_k [R(θ_k) + L(z_k, w)] + coupling (+ lift cost)`` from ``Φ(z_N, w)`` and
     ``Σ_k L(z_k, w)``."""
     theta = controls.theta
@@ -342,7 +377,7 @@ def _total(problem, controls, terminal, tracking):
     return terminal + problem.h * (run + tracking) + problem.coupling(theta) + problem.lift_cost(controls.lift)
 
 
-def _tracking_sum(problem, zs, w):
+def tracking_sum(problem, zs, w):
     """``Σ_{k<N} L(z_k, w)`` over the states ``zs (N+1, S, d)`` (0 without tracking)."""
     if "tracking" not in problem.terms:
         return 0.0
@@ -351,7 +386,7 @@ def _tracking_sum(problem, zs, w):
 
 def _cost_from_states(problem, controls, zs):
     terminal = problem.terminal(zs[-1], controls.w)
-    return _total(problem, controls, terminal, _tracking_sum(problem, zs, controls.w))
+    return objective_from_parts(problem, controls, terminal, tracking_sum(problem, zs, controls.w))
 
 
 def metrics(problem: ControlProblem, controls: Controls, zs=None) -> dict:

@@ -87,6 +87,18 @@ class Antisymmetric(VectorField):
         return {"W": _normal(kW, (d, d), scale / d**0.5), "b": _normal(kb, (d,), scale * 0.1)}
 
 
+def _partitioned_init(key, n, m, scale):
+    """Parameters of two maps ``R^n → R^m`` of a partitioned field, ``A, B (m, n)`` with
+    standard deviation ``scale/√n`` and biases ``a, b (m,)`` with ``scale/10``."""
+    kA, ka, kB, kb = jax.random.split(key, 4)
+    return {
+        "A": _normal(kA, (m, n), scale / n**0.5),
+        "a": _normal(ka, (m,), scale * 0.1),
+        "B": _normal(kB, (m, n), scale / n**0.5),
+        "b": _normal(kb, (m,), scale * 0.1),
+    }
+
+
 def _log_cosh(s):
     # log cosh s = |s| + log1p(e^{−2|s|}) − log 2, without overflow.
     a = jnp.abs(s)
@@ -142,14 +154,7 @@ class Hamiltonian(PartitionedField):
 
     def init(self, key, d, scale=1.0):
         n = _half(d)
-        m = n if self.width is None else self.width
-        kA, ka, kB, kb = jax.random.split(key, 4)
-        return {
-            "A": _normal(kA, (m, n), scale / n**0.5),
-            "a": _normal(ka, (m,), scale * 0.1),
-            "B": _normal(kB, (m, n), scale / n**0.5),
-            "b": _normal(kb, (m,), scale * 0.1),
-        }
+        return _partitioned_init(key, n, n if self.width is None else self.width, scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,13 +178,7 @@ class VolumePreserving(PartitionedField):
 
     def init(self, key, d, scale=1.0):
         n = _half(d)
-        kA, ka, kB, kb = jax.random.split(key, 4)
-        return {
-            "A": _normal(kA, (n, n), scale / n**0.5),
-            "a": _normal(ka, (n,), scale * 0.1),
-            "B": _normal(kB, (n, n), scale / n**0.5),
-            "b": _normal(kb, (n,), scale * 0.1),
-        }
+        return _partitioned_init(key, n, n, scale)
 
 
 @dataclasses.dataclass(frozen=True)

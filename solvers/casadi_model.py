@@ -16,7 +16,15 @@ Layout (CasADi matrices are column-major, so the batch lies along columns):
 
 Graphs stay compact: one layer is a :class:`casadi.Function` over the whole batch, repeated over
 layers by ``map`` (multiple shooting) or ``mapaccum`` (single shooting); nothing is expanded to
-SX and no C code is generated (see DESIGN.md: that produced C that gcc could not compile).
+SX and no C code is generated (the C of a whole horizon is too big for a C compiler).
+
+Vector fields bring their own translation: a field's method ``casadi(Z, θ, ca)`` (see
+:meth:`controlnet.VectorField.casadi`) returns ``f(Z, θ)`` for a batch ``Z (d×S)``, with the
+CasADi module passed in so that the core never imports CasADi. Losses and integrators whose
+``step`` is not plain arithmetic are registered here (:func:`register_loss`,
+:func:`register_integrator`).
+
+CasADi is imported on first use (:data:`ca`): ``import solvers`` does not load it.
 
 Every expression accepts ``MX`` or ``SX`` arguments (or numbers), so a caller may build per-layer
 problems in ``SX`` for speed and the whole-horizon problem in ``MX`` for size.
@@ -25,9 +33,9 @@ problems in ``SX`` for speed and the whole-horizon problem in ``MX`` for size.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Callable
 
-import casadi as ca
 import jax
 import numpy as np
 
@@ -37,9 +45,9 @@ __all__ = [
     "Model",
     "model",
     "activation",
-    "FIELDS",
+    "field",
+    "ca",
     "LOSSES",
-    "register_field",
     "register_loss",
     "register_integrator",
     "softplus",
@@ -48,60 +56,54 @@ __all__ = [
 ]
 
 
+class _OnFirstUse:
+    """A module imported when one of its attributes is first read."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+#: The ``casadi`` module, imported when first used (module doc).
+ca = _OnFirstUse("casadi")
+
+
 # -- activations ------------------------------------------------------------------------------
 def softplus(s):
     """``log(1 + e^s) = max(s, 0) + log1p(exp(−|s|))``, overflow-safe, as in the core."""
-    return ca.fmax(s, 0) + ca.log1p(ca.exp(-ca.fabs(s)))
-
-
-_ACTIVATIONS = {
-    "tanh": ca.tanh,
-    "relu": lambda s: ca.fmax(s, 0),
-    "softplus": softplus,
-    # 1/(1+e^{−s}) = (1 + tanh(s/2))/2: the same function, with no exp to overflow.
-    "sigmoid": lambda s: 0.5 * (1 + ca.tanh(0.5 * s)),
-    "identity": lambda s: s,
-}
+    return cn.casadi_activation("softplus", ca)(s)
 
 
 def activation(name: str) -> Callable:
-    """The CasADi twin of :func:`controlnet.activation` (``name`` is checked there first)."""
-    cn.activation(name)
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"activation {name!r} has no CasADi translation; choose one of "
-                         f"{sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
+    """The CasADi twin of :func:`controlnet.activation` (:func:`controlnet.casadi_activation`)."""
+    return cn.casadi_activation(name, ca)
 
 
 # -- vector fields: f(Z, θ) on a batch Z (d×S); θ a dict of CasADi matrices ----------------------
-def _bias(b, S):
-    return ca.repmat(b, 1, S)
+def _owner(cls: type, name: str) -> type:
+    """The class in ``cls``'s MRO that defines ``name``."""
+    return next(k for k in cls.__mro__ if name in k.__dict__)
 
 
-def _inner(field, Z, th):
-    return activation(field.activation)(ca.mtimes(th["W"], Z) + _bias(th["b"], Z.shape[1]))
-
-
-def _outer(field, Z, th):
-    return ca.mtimes(th["W"], activation(field.activation)(Z)) + _bias(th["b"], Z.shape[1])
-
-
-def _two_layer(field, Z, th):
-    act = activation(field.activation)
-    return ca.mtimes(th["B"], act(ca.mtimes(th["A"], Z) + _bias(th["a"], Z.shape[1])))
-
-
-#: CasADi translations of the core's vector fields, by class: ``fn(field, Z, θ) -> f(Z, θ)``.
-FIELDS: dict[type, Callable] = {
-    cn.InnerActivation: _inner,
-    cn.OuterActivation: _outer,
-    cn.TwoLayer: _two_layer,
-}
-
-
-def register_field(cls: type, fn: Callable) -> None:
-    """Teach the direct solver a new vector field: ``fn(field, Z (d×S), θ dict) -> f (d×S)``."""
-    FIELDS[cls] = fn
+def field(dynamics, Z, theta):
+    """``f(Z, θ)`` by the field's own :meth:`~controlnet.VectorField.casadi`, or a
+    ``ValueError`` saying how to give it one. A translation inherited from a class whose formula
+    (``__call__``) the field redefines is refused: it would compute another field."""
+    cls = type(dynamics)
+    name = cls.__name__
+    inherited = _owner(cls, "casadi")
+    if inherited is not cn.VectorField and not issubclass(inherited, _owner(cls, "__call__")):
+        raise ValueError(f"vector field {name} redefines __call__ but inherits its CasADi translation from "
+                         f"{inherited.__name__}; give {name} a method casadi(self, Z, theta, ca) "
+                         "returning f(Z, θ) for a batch Z (d×S) in CasADi expressions")
+    out = dynamics.casadi(Z, theta, ca)
+    if out is NotImplemented:
+        raise ValueError(f"vector field {name} has no CasADi translation; give {name} a method "
+                         "casadi(self, Z, theta, ca) returning f(Z, θ) for a batch Z (d×S) in CasADi "
+                         "expressions (ca is the casadi module)")
+    return out
 
 
 # -- integrators --------------------------------------------------------------------------------
@@ -258,12 +260,8 @@ class Model:
         return ca.reshape(v[:k], self.d, self.n_out).T, v[k:k + self.n_out]
 
     def field(self, Z, v):
-        """``f(Z, θ)`` for a batch ``Z (d×S)``."""
-        fn = FIELDS.get(type(self.dynamics))
-        if fn is None:
-            raise ValueError(f"vector field {type(self.dynamics).__name__} has no CasADi "
-                             "translation; add one with solvers.casadi_model.register_field")
-        return fn(self.dynamics, Z, self.theta(v))
+        """``f(Z, θ)`` for a batch ``Z (d×S)`` (:func:`field`)."""
+        return field(self.dynamics, Z, self.theta(v))
 
     def step(self, Z, v):
         """``Ψ_h(Z, θ)``: one layer of the integrator on the whole batch."""
@@ -271,6 +269,7 @@ class Model:
         fn = INTEGRATORS.get(type(self.integrator))
         if fn is not None:
             return fn(self.integrator, f, Z, v, self.h)
+        f(Z, v)  # a field without a translation says so here, not as the integrator's fault
         try:
             return self.integrator.step(f, Z, v, self.h)
         except Exception as e:  # jnp functions on CasADi symbols

@@ -48,16 +48,20 @@ import dataclasses
 import time
 from typing import Any, ClassVar, NamedTuple
 
-import casadi as ca
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import controlnet as cn
+from controlnet.evaluation import train_metrics
 
 from . import casadi_model
+from .casadi_model import ca
 from .config import Budget
-from .driver import evaluate
+from .direct_nlp import (NLP, costates_from_multipliers, decision_variables, dynamics_constraints,
+                         initial_costate_function, pack_states, split_x)
 
 __all__ = ["Direct", "DirectSolution"]
 
@@ -94,63 +98,54 @@ class DirectSolution(NamedTuple):
 
 
 @jax.jit
-def _metrics(problem, controls):
-    return cn.metrics(problem, controls)
-
-
-@jax.jit
 def _states_costates(problem, controls):
     zs = cn.forward(problem, controls.theta)
     return zs, cn.costates(problem, controls, zs)
 
 
-class _NLP(NamedTuple):
-    solver: Any
-    monitor: Any
-    model: casadi_model.Model
-    slices: dict
-    lbx: np.ndarray
-    ubx: np.ndarray
-    n_g: int
-    dHdz: Any
+@functools.cache
+def _monitor_class():
+    """The class of IPOPT's iteration callback, defined on first use: it subclasses
+    ``casadi.Callback``, and ``import solvers`` does not load CasADi."""
 
+    class Monitor(ca.Callback):
+        """IPOPT's iteration callback: records ``J(θ_j)``, stops on a target or Ctrl-C."""
 
-class _Monitor(ca.Callback):
-    """IPOPT's iteration callback: records ``J(θ_j)``, stops on a target or Ctrl-C."""
+        def __init__(self, n_x, n_g, on_iterate):
+            ca.Callback.__init__(self)
+            self.n_x, self.n_g, self.on_iterate = n_x, n_g, on_iterate
+            self.construct("monitor", {})
 
-    def __init__(self, n_x, n_g, on_iterate):
-        ca.Callback.__init__(self)
-        self.n_x, self.n_g, self.on_iterate = n_x, n_g, on_iterate
-        self.construct("monitor", {})
+        def get_n_in(self):
+            return ca.nlpsol_n_out()
 
-    def get_n_in(self):
-        return ca.nlpsol_n_out()
+        def get_n_out(self):
+            return 1
 
-    def get_n_out(self):
-        return 1
+        def get_name_in(self, i):
+            return ca.nlpsol_out(i)
 
-    def get_name_in(self, i):
-        return ca.nlpsol_out(i)
+        def get_name_out(self, i):
+            return "stop"
 
-    def get_name_out(self, i):
-        return "stop"
+        def get_sparsity_in(self, i):
+            name = ca.nlpsol_out(i)
+            if name == "f":
+                return ca.Sparsity.scalar()
+            if name in ("x", "lam_x"):
+                return ca.Sparsity.dense(self.n_x)
+            if name in ("g", "lam_g"):
+                return ca.Sparsity.dense(self.n_g)
+            return ca.Sparsity(0, 0)
 
-    def get_sparsity_in(self, i):
-        name = ca.nlpsol_out(i)
-        if name == "f":
-            return ca.Sparsity.scalar()
-        if name in ("x", "lam_x"):
-            return ca.Sparsity.dense(self.n_x)
-        if name in ("g", "lam_g"):
-            return ca.Sparsity.dense(self.n_g)
-        return ca.Sparsity(0, 0)
+        def eval(self, arg):
+            return [1 if self.on_iterate(np.asarray(arg[0]).ravel(), float(arg[1])) else 0]
 
-    def eval(self, arg):
-        return [1 if self.on_iterate(np.asarray(arg[0]).ravel(), float(arg[1])) else 0]
+    return Monitor
 
 
 class _Recorder:
-    """IPOPT's per-iteration hook (:class:`_Monitor` calls it with ``x`` and ``f``): records the
+    """IPOPT's per-iteration hook (the monitor of :func:`_monitor_class` calls it with ``x`` and ``f``): records the
     network's ``J(θ_j)`` and accuracy, IPOPT's objective and the iteration's wall time; stops
     the solve (returns ``True``) at ``target_loss`` or on Ctrl-C."""
 
@@ -162,12 +157,12 @@ class _Recorder:
         self.nlp = None  # set once built: the variables' layout
 
     def to_controls(self, xv) -> cn.Controls:
-        theta, w = _split_x(xv, self.nlp.slices, self.nlp.model)
+        theta, w = split_x(xv, self.nlp.slices, self.nlp.model)
         return cn.Controls(*(jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.dtype), t) for t in (theta, w)))
 
     def __call__(self, xv, f) -> bool:
         try:
-            m = _metrics(self.problem, self.to_controls(xv))
+            m = train_metrics(self.problem, self.to_controls(xv))
             now = time.perf_counter()
             info = {"loss": float(m["loss"]), "accuracy": float(m["accuracy"]), "objective": f,
                     "time": now - self.clock}
@@ -183,81 +178,6 @@ class _Recorder:
         except KeyboardInterrupt:
             self.interrupted = True
             return True
-
-
-class _Variables(NamedTuple):
-    """The NLP's decision variables: ``x`` (all of them, one column), its bounds and the
-    slices of each part, and the symbols the objective and dynamics are written in."""
-
-    x: Any
-    lbx: np.ndarray
-    ubx: np.ndarray
-    slices: dict
-    Theta: Any  # p × N: θ (or θ⁺ − θ⁻ with the L1 split)
-    l1: Any  # Σ(θ⁺ + θ⁻) with the split, else None
-    Z: Any  # d × S·N: [Z_1 … Z_N] (multiple shooting), else None
-    w: Any
-
-
-def _decision_variables(m, split: bool, multiple: bool) -> _Variables:
-    """``Θ`` (split into ``Θ⁺, Θ⁻ ≥ 0`` with L1), the states ``Z_1 … Z_N`` (multiple shooting)
-    and the read-out ``w``, stacked in that order."""
-    N, S, d, p = m.N, m.S, m.d, m.p
-    parts, lb = [], []
-    if split:
-        Tp, Tm = ca.MX.sym("theta_plus", p, N), ca.MX.sym("theta_minus", p, N)
-        Theta, l1 = Tp - Tm, ca.sum1(ca.sum2(Tp + Tm))
-        parts += [("theta_plus", Tp), ("theta_minus", Tm)]
-        lb += [np.zeros(2 * p * N)]
-    else:
-        Theta, l1 = ca.MX.sym("theta", p, N), None
-        parts += [("theta", Theta)]
-        lb += [np.full(p * N, -np.inf)]
-    Z = ca.MX.sym("Z", d, S * N) if multiple else None
-    if multiple:
-        parts.append(("Z", Z))
-        lb.append(np.full(d * S * N, -np.inf))
-    w = ca.MX.sym("w", m.n_w)
-    parts.append(("w", w))
-    lb.append(np.full(m.n_w, -np.inf))
-    slices, off = {}, 0
-    for name, sym in parts:
-        slices[name] = slice(off, off + sym.numel())
-        off += sym.numel()
-    x = ca.vertcat(*[ca.vec(sym) for _, sym in parts])
-    lbx = np.concatenate(lb)
-    return _Variables(x, lbx, np.full(lbx.shape, np.inf), slices, Theta, l1, Z, w)
-
-
-def _dynamics(m, v: _Variables):
-    """``(Z_0 … Z_{N−1}, Z_N, g)``: with multiple shooting the states are variables and
-    ``g_k = Ψ_h(Z_k, θ_k) − Z_{k+1}`` (all layers by one mapped CasADi function); with single
-    shooting the forward pass, and no constraints."""
-    if v.Z is None:
-        Zbefore, ZN = m.rollout(v.Theta)
-        return Zbefore, ZN, ca.MX(0, 1)
-    S, N = m.S, m.N
-    Zbefore = ca.horzcat(ca.DM(m.z0), v.Z[:, : S * (N - 1)])
-    g = ca.vec(m.step_function().map(N)(Zbefore, v.Theta) - v.Z)
-    return Zbefore, v.Z[:, S * (N - 1):], g
-
-
-def _initial_costate_function(m):
-    """``(z, p, θ, w) ↦ ∇_z H(z, p, θ, w)``: ``p_0`` from ``p_1`` (``Z_0`` is data, so no
-    multiplier carries it)."""
-    Zs, Ps = ca.MX.sym("z", m.d, m.S), ca.MX.sym("p", m.d, m.S)
-    th, ws = ca.MX.sym("theta", m.p), ca.MX.sym("w", m.n_w)
-    return ca.Function("dHdz", [Zs, Ps, th, ws], [ca.gradient(m.hamiltonian(Zs, Ps, th, ws), Zs)])
-
-
-def _costates_from_multipliers(nlp, xv, lam_g) -> np.ndarray:
-    """Co-states ``p_0 … p_N`` ``(N+1, S, d)`` from the dynamics' multipliers: ``p_{k+1} = −λ_k``
-    (module doc), and ``p_0 = ∇_z H_0(z_0, p_1, θ_0)``."""
-    m = nlp.model
-    ps_next = m.states((-lam_g).reshape(m.d, -1, order="F"))  # p_1 … p_N
-    Theta, w = _theta_w(xv, nlp.slices, m)
-    p0 = np.asarray(nlp.dHdz(m.z0, ps_next[0].T, Theta[:, 0], w), float).T
-    return np.concatenate([p0[None], ps_next])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,16 +270,16 @@ class Direct:
         )
 
     # -- build: decision variables, dynamics, objective, solver ---------------------------------
-    def _build(self, problem, on_iterate, options) -> _NLP:
+    def _build(self, problem, on_iterate, options) -> NLP:
         m = casadi_model.model(problem)
         split = "l1" in m.terms
-        v = _decision_variables(m, split, self.shooting == "multiple")
-        Zbefore, ZN, g = _dynamics(m, v)
+        v = decision_variables(m, split, self.shooting == "multiple")
+        Zbefore, ZN, g = dynamics_constraints(m, v)
         J = m.cost_from_states(v.Theta, v.w, Zbefore, ZN, l1=v.l1)
-        monitor = _Monitor(v.x.numel(), g.numel(), on_iterate)
+        monitor = _monitor_class()(v.x.numel(), g.numel(), on_iterate)
         solver = ca.nlpsol("direct", "ipopt", {"x": v.x, "f": J, "g": g},
                            self._ipopt_options(monitor, split, options))
-        return _NLP(solver, monitor, m, v.slices, v.lbx, v.ubx, g.numel(), _initial_costate_function(m))
+        return NLP(solver, monitor, m, v.slices, v.lbx, v.ubx, g.numel(), initial_costate_function(m))
 
     def _ipopt_options(self, monitor, split, options) -> dict:
         """CasADi's and IPOPT's options: the measured defaults, then the budget's ``options``,
@@ -401,7 +321,7 @@ class Direct:
         t0 = time.perf_counter()
         nlp = recorder.nlp = self._build(problem, recorder, options)
         # Compile the per-iteration metrics now, so that the first iteration's time is IPOPT's.
-        jax.block_until_ready(_metrics(problem, controls))
+        jax.block_until_ready(train_metrics(problem, controls))
         build_time = time.perf_counter() - t0
         args = self._initial_guess(problem, controls, nlp)
         recorder.clock = t_solve = time.perf_counter()
@@ -427,10 +347,10 @@ class Direct:
         args = {"x0": x0, "lbx": nlp.lbx, "ubx": nlp.ubx}
         if self.shooting == "multiple":
             zs, ps = (np.asarray(a, float) for a in _states_costates(problem, controls))
-            x0[sl["Z"]] = _pack_states(zs[1:])
+            x0[sl["Z"]] = pack_states(zs[1:])
             args.update(lbg=0.0, ubg=0.0)
             if self.warm_multipliers:
-                args["lam_g0"] = -_pack_states(ps[1:])
+                args["lam_g0"] = -pack_states(ps[1:])
         return args
 
     def _post_process(self, problem, controls, nlp, sol, recorder, sizes, ipopt_time, build_time):
@@ -447,7 +367,7 @@ class Direct:
         if self.shooting == "multiple":
             m, sl = nlp.model, nlp.slices
             states = np.concatenate([m.z0.T[None], m.states(xv[sl["Z"]].reshape(m.d, -1, order="F"))])
-            costates = _costates_from_multipliers(nlp, xv, np.asarray(sol["lam_g"], float).ravel())
+            costates = costates_from_multipliers(nlp, xv, np.asarray(sol["lam_g"], float).ravel())
         else:
             states = np.asarray(_states_costates(problem, new)[0], float)
             costates = None
@@ -498,7 +418,7 @@ class Direct:
             "grad_norm": grad_norm,
             **{f"nlp_{k}": v for k, v in sol.size.items()},
         }
-        info.update(evaluate(problem, sol.controls, test))
+        info.update(cn.evaluate(problem, sol.controls, test))
         if sol.status in ("diverged", "failed"):
             print(f"direct: IPOPT stopped with {sol.ipopt_status}; status {sol.status!r}")
         return cn.Result(sol.controls, sol.history, sol.status, info)
@@ -508,22 +428,3 @@ def _layer_size(problem) -> int:
     shapes = jax.eval_shape(lambda k: problem.dynamics.init(k, problem.width),
                             jax.ShapeDtypeStruct((2,), np.uint32))
     return sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
-
-
-def _pack_states(zs) -> np.ndarray:
-    """States ``(K, S, d)`` as the column-major vector of ``[Z_1 … Z_K] (d × S·K)``."""
-    K, S, d = zs.shape
-    return np.asarray(zs, float).transpose(2, 0, 1).reshape(d, K * S).ravel(order="F")
-
-
-def _theta_w(xv, sl, m):
-    if "theta" in sl:
-        Theta = xv[sl["theta"]].reshape(m.p, m.N, order="F")
-    else:
-        Theta = (xv[sl["theta_plus"]] - xv[sl["theta_minus"]]).reshape(m.p, m.N, order="F")
-    return Theta, xv[sl["w"]]
-
-
-def _split_x(xv, sl, m):
-    Theta, wv = _theta_w(xv, sl, m)
-    return m.unpack_theta(Theta), m.unpack_w(wv)

@@ -229,6 +229,27 @@ def test_tanh_jacobian_at_the_origin_is_W_and_two_layer_bound():
         dg.lipschitz_bound(Relaxation(), {"u": jnp.zeros((1, 2))})
 
 
+class BoundedRelaxation(Relaxation):
+    """:class:`Relaxation` with its own weight bound: ``Lip(u + a − z) = 1`` exactly."""
+
+    def lipschitz_bound(self, theta, space=None):
+        return jnp.ones((), theta["u"].dtype)
+
+
+def test_a_field_offers_its_own_lipschitz_bound():
+    """A field defined here gets the stability diagnostics' bound through its method, with no
+    change in the diagnostics; the local constant along the data equals it (``∂_z f = −I``)."""
+    p = cn.ControlProblem(BoundedRelaxation(), cn.Euler(), 4, 2, cn.SquaredError(2), np.ones((3, 2)),
+                          np.zeros((3, 2)), T=2.0)
+    theta = p.init_controls(jax.random.PRNGKey(0)).theta
+    np.testing.assert_array_equal(dg.lipschitz_bound(p.dynamics, theta), np.ones(4))
+    inv = dg.invertibility(p, theta)
+    np.testing.assert_allclose(inv["h_lip_bound"], 0.5 * np.ones(4), rtol=1e-15)
+    np.testing.assert_allclose(inv["h_lip_local"], inv["h_lip_bound"], rtol=1e-12)
+    assert bool(np.all(inv["invertible"]))
+    assert "h_lip_bound" not in dg.invertibility(dataclasses.replace(p, dynamics=Relaxation()), theta)
+
+
 @pytest.mark.parametrize("h_T, stable", [(2.0, True), (4.0, False)])
 def test_eigenvalues_of_a_linear_field_and_euler_stability(h_T, stable):
     # eig([[−1, 2], [0, −3]]) = {−1, −3}; max|1 + hλ| = max(|1 − h|, |1 − 3h|).

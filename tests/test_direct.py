@@ -140,12 +140,52 @@ def test_pack_unpack_round_trip():
 
 
 def test_unknown_field_is_refused_with_a_hint():
-    class Custom(cn.InnerActivation):
-        pass
+    class Custom(cn.InnerActivation):  # another formula, the parent's translation inherited
+        def __call__(self, z, theta):
+            return 2.0 * super().__call__(z, theta)
 
     m = cm.model(_tiny(Custom(), cn.Euler(), "logistic"))
-    with pytest.raises(ValueError, match="register_field"):
+    with pytest.raises(ValueError, match=r"Custom redefines __call__ .* method casadi\(self, Z, theta, ca\)"):
         m.objective_function()
+
+    class Bare(cn.VectorField):  # no translation at all: the field is named, not the integrator
+        def __call__(self, z, theta):
+            return jnp.sin(z @ theta["W"].T)
+
+        def init(self, key, d, scale=1.0):
+            return {"W": jax.random.normal(key, (d, d))}
+
+    for integrator in (cn.Euler(), cn.RK4()):
+        m = cm.model(_tiny(Bare(), integrator, "logistic"))
+        with pytest.raises(ValueError, match="vector field Bare has no CasADi translation") as info:
+            m.objective_function()
+        assert "integrator" not in str(info.value)
+
+
+def test_a_field_brings_its_own_casadi_translation():
+    """A field defined here, with a ``casadi`` method, gets the direct solver with no change in
+    solvers/: its model equals the core to round-off."""
+
+    class Sine(cn.VectorField):
+        def __call__(self, z, theta):
+            return jnp.sin(z @ theta["W"].T + theta["b"])
+
+        def init(self, key, d, scale=1.0):
+            return {"W": scale * jax.random.normal(key, (d, d)) / d, "b": jnp.zeros(d)}
+
+        def casadi(self, Z, theta, ca):
+            return ca.sin(ca.mtimes(theta["W"], Z) + ca.repmat(theta["b"], 1, Z.shape[1]))
+
+    _assert_model_matches(_tiny(Sine(), cn.RK4(), "cross_entropy", l2=0.1, tracking=0.2))
+
+
+def test_import_solvers_leaves_casadi_unloaded():
+    import subprocess
+    import sys
+
+    code = "import sys, solvers, solvers.direct, solvers.casadi_model; print('casadi' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 # -- 2. the reference optimum and the PMP there --------------------------------------------------

@@ -4,13 +4,14 @@ Per layer the residual branch is ``g_k(z) = h f(z, θ_k)`` and ``Ψ_h = id + g_k
 Behrmann et al. ("Invertible residual networks", ICML 2019) the layer is invertible when
 ``h·Lip(f(·, θ_k)) < 1``. Two estimates of ``Lip(f(·, θ))``:
 
-* :func:`lipschitz_bound`, an *upper* bound from the weights,
-  ``Lip(σ(Wz+b)) ≤ L_σ ‖W‖₂``, ``Lip(Wσ(z)+b) ≤ ‖W‖₂ L_σ``, ``Lip(Bσ(Az+a)) ≤ ‖B‖₂ L_σ ‖A‖₂``
-  (``L_σ`` the Lipschitz constant of the activation); for the convolutional fields
-  ``Lip(σ(K∗z+b)) ≤ L_σ ‖K‖₂``, ``Lip(−Kᵀσ(K∗z+b)) ≤ L_σ ‖K‖₂²``,
-  ``Lip(σ((K−Kᵀ)∗z+b)) ≤ L_σ ‖K−Kᵀ‖₂``, with the operator norm on the states' spatial shape
-  estimated by power iteration (:func:`controlnet.conv_spectral_norm`; it converges to the
-  norm from below, so this bound is an estimate, not a certificate);
+* :func:`lipschitz_bound`, an *upper* bound from the weights, which the field itself gives
+  (:meth:`controlnet.VectorField.lipschitz_bound`), e.g. ``Lip(σ(Wz+b)) ≤ L_σ ‖W‖₂``,
+  ``Lip(Wσ(z)+b) ≤ ‖W‖₂ L_σ``, ``Lip(Bσ(Az+a)) ≤ ‖B‖₂ L_σ ‖A‖₂`` (``L_σ`` the Lipschitz
+  constant of the activation); for the convolutional fields ``Lip(σ(K∗z+b)) ≤ L_σ ‖K‖₂``,
+  ``Lip(−Kᵀσ(K∗z+b)) ≤ L_σ ‖K‖₂²``, ``Lip(σ((K−Kᵀ)∗z+b)) ≤ L_σ ‖K−Kᵀ‖₂``, with the operator
+  norm on the states' spatial shape estimated by power iteration
+  (:func:`controlnet.conv_spectral_norm`; it converges to the norm from below, so this bound is
+  an estimate, not a certificate). A field without a bound returns ``None``;
 * :func:`jacobian_norms`, the local constant along the data, ``max_i ‖∂_z f(z_{i,k}, θ_k)‖₂``
   (a *lower* bound of the global one; any vector field; by power iteration with
   ``jvp``/``vjp`` for states with spatial axes, whose Jacobians are not formed).
@@ -31,8 +32,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..conv import AntisymmetricConv, Conv, ParabolicConv, conv_spectral_norm, transposed_kernel
-from ..dynamics import InnerActivation, OuterActivation, TwoLayer
+from ..activations import ACTIVATION_LIPSCHITZ
 from ..integrators import RK4, Euler
 from ..state import final_state, forward
 
@@ -46,46 +46,23 @@ __all__ = [
     "flow_lipschitz",
 ]
 
-#: Lipschitz constants ``L_σ`` of the activations in :data:`controlnet.ACTIVATIONS`.
-ACTIVATION_LIPSCHITZ = {"tanh": 1.0, "relu": 1.0, "softplus": 1.0, "sigmoid": 0.25, "identity": 1.0}
-
-
 def _spectral(M):
     return jnp.linalg.norm(M, ord=2, axis=(-2, -1))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def lipschitz_bound(dynamics, theta, space=None):
-    """Upper bound of ``Lip(f(·, θ_k))`` per layer from the weights (module doc), shape ``(N,)``.
+    """Upper bound of ``Lip(f(·, θ_k))`` per layer from the weights, shape ``(N,)``: the field's
+    :meth:`~controlnet.VectorField.lipschitz_bound` for every layer.
 
-    Only for the built-in vector fields; for others use :func:`jacobian_norms`. ``space``: the
+    A ``ValueError`` for a field without one (use :func:`jacobian_norms`). ``space``: the
     states' spatial shape, needed by the convolutional fields (e.g. ``problem.state_shape[1:]``).
     """
-    if isinstance(dynamics, (Conv, ParabolicConv, AntisymmetricConv)):
-        return _conv_bound(dynamics, theta, space)
-    if not isinstance(dynamics, (InnerActivation, OuterActivation, TwoLayer)):
-        raise ValueError(f"no weight bound for {type(dynamics).__name__}; "
-                         "use jacobian_norms (the local Lipschitz constant along the data)")
-    act = dynamics.activation
-    if act not in ACTIVATION_LIPSCHITZ:
-        raise ValueError(f"no Lipschitz constant known for activation {act!r}; "
-                         f"known: {sorted(ACTIVATION_LIPSCHITZ)}")
-    L = ACTIVATION_LIPSCHITZ[act]
-    if isinstance(dynamics, TwoLayer):
-        return L * _spectral(theta["B"]) * _spectral(theta["A"])
-    return L * _spectral(theta["W"])
-
-
-def _conv_bound(dynamics, theta, space):
-    if space is None:
-        raise ValueError("a convolutional field's bound needs the states' spatial shape: "
-                         "pass space=problem.state_shape[1:]")
-    L = ACTIVATION_LIPSCHITZ[dynamics.activation]
-    K = theta["K"]
-    if isinstance(dynamics, AntisymmetricConv):
-        K = K - jax.vmap(transposed_kernel)(K)
-    norm = jax.vmap(lambda k: conv_spectral_norm(k, space))(K)
-    return L * norm**2 if isinstance(dynamics, ParabolicConv) else L * norm
+    bounds = jax.vmap(lambda th: dynamics.lipschitz_bound(th, space))(theta)
+    if bounds is None:
+        raise ValueError(f"no weight bound for {type(dynamics).__name__} (its lipschitz_bound method gives "
+                         "none); use jacobian_norms (the local Lipschitz constant along the data)")
+    return bounds
 
 
 def _power_norms(problem, theta, zs, iters=30):
