@@ -7,11 +7,13 @@ the registry the command line and :func:`make_solver` use. The studies built on 
 the submodules :mod:`solvers.compare` and :mod:`solvers.depth_study`.
 """
 
+from controlnet import evaluate
+
 from . import compare, depth_study
 from .config import Budget, Checkpoints
 from .direct import Direct
 from .discrete import DiscreteMSA
-from .driver import evaluate, solve
+from .driver import solve
 from .gd import SGD, Adam, GradientDescent
 from .msa import MSA, ExtendedMSA
 from .protocol import OneShotSolver, StepSolver

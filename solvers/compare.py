@@ -21,7 +21,7 @@ import numpy as np
 
 import controlnet as cn
 
-from .driver import evaluate, solve
+from .driver import solve
 
 __all__ = ["Comparison", "compare", "time_to_target", "format_table", "save", "FIELDS"]
 
@@ -93,7 +93,7 @@ def compare(problem: cn.ControlProblem, solvers, controls: cn.Controls, *, optio
     if len(set(names)) != len(names):
         raise ValueError(f"solver names must be distinct, got {names}")
     if target_loss is None:
-        target_loss = evaluate(problem, controls)["loss"] / 10.0
+        target_loss = cn.evaluate(problem, controls)["loss"] / 10.0
     results, summary = {}, {}
     for name, solver in named:
         res = solve(solver, problem, controls, seed=seed, max_iters=max_iters,

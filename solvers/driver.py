@@ -38,7 +38,7 @@ from .inputs import check_controls, check_test
 from .protocol import OneShotSolver, Whole, as_argument, solver_kind, solver_name
 from .trees import joined
 
-__all__ = ["solve", "evaluate"]
+__all__ = ["solve"]
 
 
 # A compiled call runs up to MAX_STEPS_PER_CALL iterations in one ``lax.while_loop``, and the
@@ -188,24 +188,6 @@ def _replay(run, problem, start, k, before=None):
     return start if k == 0 else run(problem, start, *_call_args(k))[0]
 
 
-@jax.jit
-def _metrics(problem, controls):
-    return cn.metrics(problem, controls)
-
-
-def evaluate(problem: cn.ControlProblem, controls: cn.Controls, test=None) -> dict:
-    """Final loss, data loss and accuracy on the training data (and ``test_loss``,
-    ``test_accuracy`` on ``test=(x, y)``, checked before anything is computed)."""
-    check_test(problem, test)
-    out = {k: float(v) for k, v in _metrics(problem, controls).items()}
-    if test is not None:
-        tp = problem.with_data(*test)
-        m = _metrics(tp, controls)
-        out["test_loss"] = float(m["data_loss"])
-        out["test_accuracy"] = float(m["accuracy"])
-    return out
-
-
 def solve(
     solver,
     problem: cn.ControlProblem,
@@ -328,7 +310,7 @@ def solve(
         "resumed_from": start_it if ck.resume is not None else None,
         "problem": problem.describe(),
     }
-    summary.update(evaluate(problem, final, test))
+    summary.update(cn.evaluate(problem, final, test))
     if loop.status == "diverged":
         warnings.warn(f"{name} diverged at iteration {loop.diverged_at} ({loop.why}); keeping iterate "
                       f"{loop.kept}, {loop.which}", RuntimeWarning, stacklevel=2)

@@ -41,10 +41,4 @@ def check_test(problem, test) -> None:
     if not isinstance(test, (tuple, list)) or len(test) != 2:
         got = type(test).__name__ + (f" of length {len(test)}" if isinstance(test, (tuple, list)) else "")
         raise TypeError(f"test must be a held-out split as a pair, got a {got}; pass test=(x, y)")
-    x = test[0]
-    want = tuple(problem.x.shape[1:])
-    if np.ndim(x) < 1 or tuple(np.shape(x)[1:]) != want:
-        raise ValueError(f"test x has shape {tuple(np.shape(x))}, but the training samples have shape "
-                         f"{want} (x {tuple(problem.x.shape)}); pass test x of shape (samples, "
-                         f"{', '.join(map(str, want))})")
-    problem.with_data(*test)
+    problem.check_inputs(*test, what="test")

@@ -19,7 +19,7 @@ import pytest
 
 import controlnet as cn
 import solvers
-from controlnet.adjoint import _pull, _pullback
+from controlnet.adjoint import linearize_layer
 
 
 def _problem(N=12, S=40, **weights):
@@ -51,9 +51,11 @@ def test_layer_pull_back_is_the_gradient_of_the_hamiltonian():
 
     @jax.jit
     def pulled(z, q):
-        gz, gth, gw = _pull(p, _pullback(p, z.T, th, c.w), q.T)
+        gz, gth = linearize_layer(p, z.T, th).vjp(q.T)
+        dLz, dLw = jax.grad(p.tracking_cost, argnums=(0, 1))(z, c.w)
         dR = jax.grad(p.running)(th)
-        return gz.T, jax.tree_util.tree_map(lambda a, b: a - p.h * b, gth, dR), gw
+        return (gz.T - p.h * dLz, jax.tree_util.tree_map(lambda a, b: a - p.h * b, gth, dR),
+                jax.tree_util.tree_map(lambda g: -p.h * g, dLw))
 
     gz, gth, gw = pulled(z, q)
     dz, dth, dw = jax.jit(jax.grad(cn.hamiltonian, argnums=(1, 3, 4)))(p, z, q, th, c.w)
