@@ -13,3 +13,5 @@ from .run import LoadedRun, Outcome, is_finished, load_run, run, run_dir, train
 from .spec import build, canonical, make_solver, normalize, spec_hash
 from .summary import collect, summarize
 from .sweep import RayExecutor, SerialExecutor, grid, sweep
+from .comparison import compare
+from .depth import depth_specs, depth_study, measure_run

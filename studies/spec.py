@@ -177,11 +177,12 @@ def _cached_solver(text: str, max_iters: int):
     return from_json(solvers.SOLVERS, options)
 
 
-def make_solver(options: dict, max_iters: int = 100):
-    """The solver a spec's ``solver`` mapping describes.
+def make_solver(options: dict | str, max_iters: int = 100):
+    """The solver a spec's ``solver`` (a mapping, or a bare name) describes.
 
     The same mapping gives the same object in one process, so the driver's compiled steps
     (cached per solver) serve every run of a sweep that a worker runs with it."""
+    options = {"name": options} if isinstance(options, str) else options
     cosine = options.get("name") == "gd" and options.get("schedule") == "cosine"
     return _cached_solver(canonical(options), int(max_iters) if cosine else 0)
 

@@ -92,7 +92,7 @@ class RayExecutor:
     """Runs each spec as a Ray task (Ray is an optional extra: ``pip install controlnet-oc[cluster]``).
 
     Args:
-        address: ``None`` starts a local Ray (loopback only, no dashboard) for this sweep and
+        address: ``None`` starts a local Ray (on 127.0.0.1, no dashboard) for this sweep and
             stops it at the end; ``"host:port"`` joins a running cluster (``ray start --head``);
             ``"auto"`` the one this machine belongs to. A Ray already initialized in this
             process is used as it is.
@@ -117,8 +117,8 @@ class RayExecutor:
         if ray.is_initialized():
             return ray, False
         if self.address is None:
-            ray.init(num_cpus=self.workers or os.cpu_count(), include_dashboard=False,
-                     object_store_memory=100 * 2**20, log_to_driver=False)
+            ray.init(num_cpus=self.workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     object_store_memory=100 * 2**20, _node_ip_address="127.0.0.1")
         else:
             ray.init(address=self.address, log_to_driver=False)
         return ray, True

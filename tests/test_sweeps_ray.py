@@ -72,8 +72,8 @@ def test_a_local_ray_sweep_equals_the_serial_one(reference, tmp_path):
 
 
 # -- slow: a cluster of two nodes, and faults ------------------------------------------------------
-LONG = studies.grid({**BASE, "budget": {"max_iters": 1500}},
-                    {"problem.horizon": [1.0, 2.0, 3.0], "seed": [0, 1, 2]})
+LONG = studies.grid({**BASE, "budget": {"max_iters": 4000}},
+                    {"problem.horizon": [1.0, 2.0, 3.0, 4.0], "seed": [0, 1, 2]})
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,9 @@ def long_reference(tmp_path_factory):
 def cluster():
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                      "object_store_memory": 80 * 2**20})
-    c.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+    node = {"num_cpus": 1, "object_store_memory": 80 * 2**20, "node_ip_address": "127.0.0.1"}
+    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    c.add_node(**node)  # a second raylet: a second node, on the loopback address
     c.wait_for_nodes()
     try:
         yield c
@@ -112,7 +112,7 @@ def _kill_workers(out, kills, stop):
     are in the journal's ``started`` lines: processes of the test's own cluster)."""
     rng = random.Random(0)
     while len(kills) < 5 and not stop.is_set():
-        time.sleep(rng.uniform(0.3, 2.0))
+        time.sleep(rng.uniform(0.2, 1.0))
         path = out / "journal.jsonl"
         if not path.is_file():
             continue
