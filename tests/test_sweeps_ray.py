@@ -83,13 +83,17 @@ def long_reference(tmp_path_factory):
 
 
 @pytest.fixture
-def cluster():
+def cluster(monkeypatch):
+    import ray._private.services as services
     from ray.cluster_utils import Cluster
 
+    # Ray takes the address it reaches the internet from as the node's; keep it on the loopback.
+    monkeypatch.setattr(services, "get_node_ip_address", lambda address=None: "127.0.0.1")
     node = {"num_cpus": 1, "object_store_memory": 80 * 2**20, "node_ip_address": "127.0.0.1"}
     c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     c.add_node(**node)  # a second raylet: a second node, on the loopback address
     c.wait_for_nodes()
+    assert c.address.startswith("127.0.0.1:")
     try:
         yield c
     finally:

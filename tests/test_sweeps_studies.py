@@ -60,3 +60,30 @@ def test_compare_over_seeds(tmp_path):
     assert json.loads((out / "compare.json").read_text())["gd"]["loss"]["n"] == 2
     with pytest.raises(ValueError, match="solvers must be distinct"):
         studies.compare(out, "ring", ["gd", "gd"], seeds=[0])
+
+
+@pytest.mark.slow
+def test_the_python_examples_of_docs_sweeps_run_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "sweeps.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 5
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    for block in blocks:
+        exec(compile(block, "sweeps.md", "exec"), ns)
+    assert ns["summary"]["counts"] == {"max_iters": 4}
+    assert ns["outcome"].status == "max_iters"
+    assert ns["labels"].shape == (64,)
+    assert sorted(ns["turnpike"]["seeds"]) == ["0", "1"] and ns["table"]["gd"]["loss"]["n"] == 2
+    assert not ray_running()
+
+
+def ray_running():
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
