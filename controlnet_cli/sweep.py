@@ -85,6 +85,10 @@ def specs_from_args(args) -> list[dict]:
     return studies.grid(base, axes)
 
 
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def _print_summary(summary: dict) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items()))
     print(f"{len(summary['runs'])} runs: {counts}")
@@ -93,8 +97,9 @@ def _print_summary(summary: dict) -> None:
         if r["status"] == "failed":
             print(f"  {r['run']} {axes} failed: {r['error']}")
         elif r["status"] != "pending":
-            print(f"  {r['run']} {axes} {r['status']} loss {r['loss']:.4g} accuracy {r['accuracy']:.3f} "
-                  f"({r['wall_time']:.2f} s + compile {r['compile_time']:.2f} s)")
+            print(f"  {r['run']} {axes} {r['status']} loss {_num(r['loss'], '.4g')} accuracy "
+                  f"{_num(r['accuracy'], '.3f')} ({_num(r['wall_time'], '.2f')} s + compile "
+                  f"{_num(r['compile_time'], '.2f')} s)")
 
 
 def run(args) -> int:
