@@ -119,9 +119,6 @@ class RayExecutor:
         if self.address is None:
             ray.init(num_cpus=self.workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      object_store_memory=100 * 2**20, _node_ip_address="127.0.0.1")
-        elif self.address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
-            # a cluster on the loopback address: this driver is on that machine, at that address
-            ray.init(address=self.address, log_to_driver=False, _node_ip_address="127.0.0.1")
         else:
             ray.init(address=self.address, log_to_driver=False)
         return ray, True

@@ -166,7 +166,9 @@ studies.sweep(specs, sys.argv[2], executor=studies.RayExecutor(address=sys.argv[
 def test_a_killed_driver_then_a_rerun_give_the_uninterrupted_summary(cluster, long_reference, tmp_path):
     out = tmp_path / "driver"
     argv = [sys.executable, "-c", DRIVER, cluster.address, str(out), json.dumps(LONG)]
-    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Ray's own switch to take the loopback address as this machine's (set in this process above)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 240
     while time.time() < deadline and driver.poll() is None:
         journal = out / "journal.jsonl"
@@ -178,7 +180,7 @@ def test_a_killed_driver_then_a_rerun_give_the_uninterrupted_summary(cluster, lo
     driver.wait()
     done_before = len(list((out / "runs").glob("[0-9a-f]*/result.json")))
     assert 3 <= done_before < len(LONG)
-    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert results(studies.summarize(out)) == results(long_reference[1])
     assert_same_runs(out, long_reference[0])
