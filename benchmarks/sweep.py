@@ -103,19 +103,22 @@ def main(argv=None):
     ap.add_argument("--no-save", action="store_true", help="print only")
     a = ap.parse_args(argv)
     runs = specs(a.iters)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="controlnet-sweep-bench-") as tmp:
         tmp = Path(tmp)
         _serial(runs[:1], tmp / "warmup")
         serial, serial_inner = _serial(runs, tmp / "serial")
         ray_wall, ray_start = _ray(runs, tmp / "ray", a.workers)
         equal = _equal(tmp / "serial", tmp / "ray", runs)
+    load_after = os.getloadavg()[0]
     res = {
         "runs": len(runs), "iters": a.iters, "workers": a.workers, "problem": "ring (defaults)",
         "horizons": HORIZONS, "seeds": SEEDS, "precision": "float64",
         "serial_s": serial, "serial_inside_s": serial_inner, "ray_s": ray_wall, "ray_start_s": ray_start,
         "ratio": ray_wall / serial, "ratio_ray_up": (ray_wall - ray_start) / serial,
         "equal_bitwise": equal, "target_ratio": 0.6,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_1min": [load_before, load_after]},
     }
     print(f"{len(runs)} runs x {a.iters} iterations (ring, T = {HORIZONS} x seeds {SEEDS}, float64)")
     print(f"serial loop (fresh process) {serial:8.2f} s")
@@ -123,6 +126,7 @@ def main(argv=None):
     print(f"ratio Ray / serial          {res['ratio']:8.2f}   without Ray's start-up {res['ratio_ray_up']:.2f}"
           f"   (target <= 0.6)")
     print(f"results equal bit for bit: {equal}")
+    print(f"load average (1 min) before and after: {load_before:.1f}, {load_after:.1f} on {os.cpu_count()} cores")
     if not a.no_save:
         merge_results("sweep", res, a.out)
     return 0 if equal else 1
