@@ -57,6 +57,26 @@ def test_serial_runs_equal_direct_solves(swept):
         assert saved.info["loss"] == next(r["loss"] for r in summary["runs"] if r["run"] == studies.spec_hash(spec))
 
 
+def test_runs_of_the_same_shapes_compile_once_per_process(swept):
+    _, summary = swept
+    # four runs, one shape (the horizon is a leaf, the seed only data): the same solver object,
+    # so the driver's compiled step is found again after the first run
+    times = sorted(r["compile_time"] for r in summary["runs"])
+    assert studies.make_solver({"name": "gd", "lr": 0.02}) is studies.make_solver({"lr": 0.02, "name": "gd"})
+    assert times[2] < 0.25 * times[3], times
+
+
+def test_the_compile_cache_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("CONTROLNET_NO_COMPILE_CACHE", raising=False)
+    monkeypatch.setenv("CONTROLNET_COMPILE_CACHE", str(tmp_path / "jit"))
+    assert studies.compile_cache_dir() == tmp_path / "jit"
+    monkeypatch.delenv("CONTROLNET_COMPILE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert studies.compile_cache_dir() == tmp_path / "controlnet" / "jax"
+    monkeypatch.setenv("CONTROLNET_NO_COMPILE_CACHE", "1")
+    assert studies.compile_cache_dir() is None and studies.enable_compile_cache() is None
+
+
 def test_rerun_skips_finished_runs(swept):
     out, _ = swept
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
