@@ -121,8 +121,11 @@ def run(args) -> int:
         if args.serial and (args.address or args.workers):
             raise UsageError("--serial runs in this process; drop --address and --workers")
         specs = specs_from_args(args)
-        executor = (studies.SerialExecutor() if args.serial
-                    else studies.RayExecutor(address=args.address, workers=args.workers))
+        try:
+            executor = (studies.SerialExecutor() if args.serial
+                        else studies.RayExecutor(address=args.address, workers=args.workers))
+        except ImportError as e:
+            raise UsageError(str(e)) from None
         summary = studies.sweep(specs, args.out, executor=executor, progress=False if args.quiet else None)
     _print_summary(summary)
     out = args.action[1] if args.action else args.out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import importlib.util
 import itertools
 import json
 import os
@@ -35,6 +36,8 @@ from .spec import normalize, spec_hash
 __all__ = ["grid", "sweep", "SerialExecutor", "RayExecutor", "SWEEP_FILE"]
 
 SWEEP_FILE = "sweep.json"
+RAY_MISSING = ("RayExecutor needs Ray: pip install 'controlnet-oc[cluster]' (or 'ray>=2.9'), or run the "
+               "sweep with SerialExecutor (controlnet sweep --serial)")
 
 
 def _set(spec: dict, key: str, value) -> None:
@@ -106,14 +109,13 @@ class RayExecutor:
             raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
         if address is not None and not isinstance(address, str):
             raise ValueError(f"address must be 'host:port', 'auto' or None, got {address!r}")
+        if importlib.util.find_spec("ray") is None:  # now, not after the sweep has started
+            raise ImportError(RAY_MISSING)
         self.address, self.workers, self.max_retries = address, workers, max_retries
 
     def _init(self):
-        try:
-            import ray
-        except ImportError:
-            raise ImportError("RayExecutor needs Ray: pip install 'ray>=2.9' (or the cluster extra), "
-                              "or use SerialExecutor") from None
+        import ray
+
         if ray.is_initialized():
             return ray, False
         if self.address is None:

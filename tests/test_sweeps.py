@@ -228,3 +228,15 @@ def test_cli_sweep_and_summarize(swept, tmp_path, capsys):
     assert "unknown solver 'foo'" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
     assert sweep_main(["summarize", str(tmp_path / "none")]) == 2
+
+
+def test_without_ray_the_cli_says_what_to_install_before_any_work(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find(name, *a))
+    assert sweep_main(["--out", str(tmp_path / "out")]) == 2
+    assert "pip install 'controlnet-oc[cluster]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ImportError, match="SerialExecutor"):
+        studies.RayExecutor()
