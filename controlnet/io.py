@@ -52,6 +52,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_info",
+    "versions",
 ]
 
 FORMAT = "controlnet-result"
@@ -280,12 +281,17 @@ class Result:
         status: ``"max_iters"``, ``"max_seconds"``, ``"converged"``, ``"target"``,
             ``"diverged"`` or ``"interrupted"``.
         info: summary numbers (solver, iterations, wall time, final loss and accuracies, ...).
+        spec: the run spec that produced it (a JSON mapping), or ``None``.
+        versions: the versions of controlnet, jax, jaxlib, numpy and Python that saved it
+            (filled in by :meth:`save`).
     """
 
     controls: Controls
     history: dict
     status: str
     info: dict
+    spec: dict | None = None
+    versions: dict | None = None
 
     @property
     def diverged(self) -> bool:
@@ -301,7 +307,8 @@ class Result:
         digests = {name: hashlib.sha256(b).hexdigest() for name, b in blobs.items()}
         meta = {"format": FORMAT, "version": VERSION, "status": self.status,
                 "controls_shapes": {k: list(v.shape) for k, v in flat.items()},
-                "history_length": _length(hist), "sha256": digests, **self.info}
+                "history_length": _length(hist), "sha256": digests, **self.info,
+                "spec": self.spec, "versions": self.versions or versions()}
         blobs["result.json"] = to_json(meta, indent=2).encode()
         # All three or none: a failed write (a full disk) leaves the previous result as it was.
         atomic_write_all({d / name: (lambda f, b=b: f.write(b)) for name, b in blobs.items()})
@@ -337,10 +344,22 @@ class Result:
             if _sha256(d / name) != digest:
                 raise ValueError(f"{d / name} does not match {path} (a save was interrupted or "
                                  "the file was changed); the result is corrupt")
-        status = meta.pop("status")
+        status, spec, saved_with = meta.pop("status"), meta.pop("spec", None), meta.pop("versions", None)
         for k in ("format", "version", "controls_shapes", "history_length", "sha256"):
             meta.pop(k, None)
-        return cls(controls, history, status, meta)
+        return cls(controls, history, status, meta, spec, saved_with)
+
+
+def versions() -> dict:
+    """The versions of controlnet, jax, jaxlib, numpy and Python in this process."""
+    import platform
+
+    import jaxlib
+
+    from . import __version__
+
+    return {"controlnet": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _npz_bytes(arrays: dict) -> bytes:
