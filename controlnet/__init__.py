@@ -32,6 +32,7 @@ from .lift import ConvLift, lift
 from .problem import ControlProblem, Controls, metrics, objective, objective_value
 from .readout import init_readout, readout
 from .state import final_state, forward, from_scan, to_scan
+from .predict import Prediction, predict
 
 __version__ = "0.1.0"
 from .io import Result, load_controls, save_controls
