@@ -18,7 +18,15 @@ from pathlib import Path
 
 from .arguments import Parser, UsageError, comma_list, nonneg_float, positive_float, positive_int, seed
 
-__all__ = ["add_parser", "run", "main", "specs_from_args"]
+__all__ = ["add_parser", "run", "main", "specs_from_args", "add_executor_options", "executor_from_args",
+           "prepare_study_out", "solver_spec", "STUDY_FILE"]
+
+#: The file that names the command whose study a folder holds (``{"command": "turnpike"}``).
+STUDY_FILE = "study.json"
+
+#: Why ``turnpike`` and ``compare`` run in this process unless told otherwise.
+SERIAL_WHY = ("runs in this process by default: a local Ray takes seconds to start and every worker compiles "
+              "its programs again, more than a small study's runs take")
 
 
 def add_parser(subparsers):
@@ -83,6 +91,99 @@ def specs_from_args(args) -> list[dict]:
     axes["seed"] = args.seeds
     axes["solver"] = solver_values
     return studies.grid(base, axes)
+
+
+def add_executor_options(p):
+    """``--ray``, ``--address``, ``--workers`` of a study command that runs serially by default
+    (:data:`SERIAL_WHY`)."""
+    g = p.add_argument_group(f"where the runs go (the study {SERIAL_WHY})")
+    g.add_argument("--ray", action="store_true", help="run the study's runs on a local Ray, one worker per core")
+    g.add_argument("--address", help="run them on the Ray cluster at HOST:PORT (ray start --head)")
+    g.add_argument("--workers", type=positive_int, help="workers of the local Ray (default: one per core)")
+
+
+def executor_from_args(args):
+    """The executor ``--ray``/``--address``/``--workers`` ask for (default: serial); Ray missing
+    is one line naming the extra."""
+    import studies
+
+    if args.workers is not None and args.address is not None:
+        raise UsageError("--workers sizes a local Ray; a cluster at --address has its own: drop --workers")
+    if not (args.ray or args.address or args.workers):
+        return studies.SerialExecutor()
+    try:
+        return studies.RayExecutor(address=args.address, workers=args.workers)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+
+
+def prepare_study_out(out: Path, command: str, *, overwrite: bool) -> bool:
+    """Check ``--out`` for a study command; ``True`` when it continues the study there.
+
+    A folder holding this command's study (:data:`STUDY_FILE` says ``command``, and it has
+    ``runs/``) is resumed: finished runs are skipped, the others trained, the summary rebuilt.
+    Any other result (another command's study, a ``train`` result, a ``summary.json``) is
+    refused unless ``--overwrite``, as :func:`~controlnet_cli.guards.check_out` says. With
+    ``--overwrite`` every run of the study is trained again."""
+    import json
+
+    from .guards import check_out
+
+    study = out / STUDY_FILE
+    if out.is_dir() and study.is_file() and (out / "runs").is_dir():
+        try:
+            held = json.loads(study.read_text()).get("command")
+        except (ValueError, AttributeError):
+            held = None
+        if held == command:
+            return not overwrite
+        if not overwrite:
+            raise UsageError(f"--out {out} holds a study of `controlnet {held}`; pass --overwrite to write a "
+                             f"`controlnet {command}` study there, or choose another --out")
+        return False
+    check_out(out, overwrite=overwrite, can_resume=False)
+    return False
+
+
+def mark_study(out: Path, command: str) -> None:
+    """Write :data:`STUDY_FILE` naming ``command`` (before the first run, so a killed study resumes)."""
+    from controlnet.io import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / STUDY_FILE, lambda f: f.write(f'{{"command": "{command}"}}\n'.encode()))
+
+
+def solver_spec(args, name: str, *, among: list | None = None, floor: float = 0.0) -> dict:
+    """The run spec's ``solver`` mapping of solver ``name`` from the command line: the options
+    typed and the problem's training defaults, as :func:`~controlnet_cli.solver_options.
+    solver_from_args` builds the object (called first, for its checks); gradient descent's
+    ``--lr``/``--schedule`` as the spec's ``lr``/``schedule`` (a cosine ending at ``floor·lr``)."""
+    import dataclasses
+
+    import solvers
+
+    from .problem_options import TRAINING_FLAGS
+    from .solver_options import given_solver_options, solver_from_args
+
+    solver_from_args(args, name, among=among, floor=floor)
+    options = args.solver_options
+    defaulted = set(getattr(args, "defaulted", ()))
+    given = {f: v for f, v in given_solver_options(args, options).items() if f[2:].replace("-", "_") not in defaulted}
+    defaults = {TRAINING_FLAGS[k]: getattr(args, k) for k in args.defaulted if k in TRAINING_FLAGS}
+    spec = {"name": name}
+    for o in options:
+        value = given.get(o.flag, defaults.get(o.flag))
+        value = None if o.flag == "--batch-size" and value == "full" else value
+        if name in o.fields and (o.flag in given or o.flag in defaults):
+            spec[o.fields[name]] = value
+    fields = {f.name for f in dataclasses.fields(solvers.SOLVERS[name]) if f.init}
+    if "optimizer" in fields and "schedule" not in fields:  # lr and schedule build gd's Adam
+        for k in ("lr", "schedule"):
+            if spec.get(k) is None:
+                spec.pop(k, None)
+        if spec.get("schedule") == "cosine" and floor:
+            spec["floor"] = floor
+    return spec
 
 
 def _num(v, fmt: str) -> str:

@@ -1,7 +1,7 @@
 """The depth-versus-turnpike study as a sweep: horizons ``T`` at a fixed step ``h``
 (``N = round(T/h)`` layers) × seeds.
 
-Per seed: the turnpike measurements of :func:`solvers.depth_study.train_and_measure` for every
+Per seed: the turnpike measurements of :func:`solvers.depth_study.measure` for every
 horizon (``‖θ(t)‖``, the flow speed, the fitted rates ``μ``, the ε-band) and the slope of
 ``log(training error)`` against ``log T``; figures ``error.png`` (error against ``T``, a line per
 seed), ``theta_norm_seed<s>.png`` and ``speed_seed<s>.png`` (against ``t/T``).
@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from controlnet.io import atomic_write, to_json
-from solvers.depth_study import horizon_grid, loglog_slope, train_and_measure
+from solvers.depth_study import horizon_grid, loglog_slope, measure, run_record
 
 from .run import load_run, run_dir
-from .spec import make_solver
 from .sweep import grid, sweep
 
 __all__ = ["depth_study", "depth_specs", "measure_run"]
@@ -41,18 +40,13 @@ def depth_specs(problem: str = "ring", horizons=(1.0, 2.0, 4.0, 8.0), *, step: f
 
 
 def measure_run(folder, eps: float = 0.1) -> dict:
-    """The depth study's numbers for one finished run, from its folder: the turnpike profile,
-    fits and norms of :func:`solvers.depth_study.train_and_measure` (called on the trained
-    controls with no iteration left), the run's own status, iterations and times."""
+    """The depth study's numbers for one finished run, from its folder, with no solver step
+    compiled: :func:`solvers.depth_study.measure` of the saved controls (the turnpike profile,
+    fits and norms) and :func:`solvers.depth_study.run_record` of its ``result.json`` (status,
+    iterations, iteration and compile times, losses), its seed and folder name."""
     loaded = load_run(folder)
-    spec = loaded.spec
-    solver = make_solver(spec["solver"], spec["budget"]["max_iters"])
-    m = train_and_measure(loaded.problem, solver, max_iters=0, seed=spec["seed"], eps=eps,
-                          controls=loaded.controls)
-    m.pop("controls")
-    info = loaded.result.info
-    m.update(status=loaded.result.status, iterations=info["iterations"], wall_time=info["wall_time"],
-             compile_time=info["compile_time"], seed=spec["seed"], run=Path(folder).name)
+    m = {**measure(loaded.problem, loaded.controls, eps=eps), **run_record(loaded.result.status, loaded.result.info)}
+    m.update(seed=loaded.spec["seed"], run=Path(folder).name)
     return m
 
 

@@ -11,10 +11,13 @@ A *run spec* is a plain JSON mapping that says everything one training run needs
 
 - ``problem``: ``name`` (one of :data:`problems.PROBLEMS`) and any options of
   :func:`problems.make`; the data seed ``problem.seed`` defaults to the run's ``seed``.
+  ``"loss": "squared"`` replaces a two-class problem's logistic loss by ``½(λ(z) − y)²`` on its
+  0/1 labels (a minimum attained at finite states, as the turnpike theorem assumes).
 - ``solver``: ``name`` (one of :data:`solvers.SOLVERS`) and its options as
   :func:`solvers.options.from_json` takes them; a bare name ``"gd"`` stands for ``{"name": "gd"}``.
   Gradient descent also takes ``lr`` (Adam's learning rate, default 0.01) and ``schedule``
-  (``"constant"`` or ``"cosine"``: decayed to 0 over ``budget.max_iters``).
+  (``"constant"`` or ``"cosine"``: decayed to ``floor · lr`` over ``budget.max_iters``; ``floor``
+  defaults to 0).
 - ``seed``: the initial controls ``init_controls(PRNGKey(seed), scale=init_scale)`` and the
   solver's key (minibatches); default 0.
 - ``budget``: the fields of :class:`solvers.Budget` (``max_iters``, ``max_seconds``, ``tol``,
@@ -76,14 +79,28 @@ def _problem(value, seed):
     out = dict(value)
     if out["name"] not in problems.PROBLEMS:
         _refuse("problem.name", f"unknown problem {out['name']!r}; choose one of {sorted(problems.PROBLEMS)}")
-    options = sorted(n for n in _MAKE if n != "name")
+    options = sorted(n for n in _MAKE if n != "name") + ["loss"]
+    if "loss" in out:
+        _check_loss(out["name"], out["loss"])
     for k, v in value.items():
-        if k != "name" and k not in _MAKE:
+        if k not in ("name", "loss") and k not in _MAKE:
             _refuse(f"problem.{k}", f"problems.make has no option {k!r}; its options are {options}")
         if k in _FLOATS and isinstance(v, int) and not isinstance(v, bool):
             out[k] = float(v)
     out.setdefault("seed", seed)
     return out
+
+
+def _check_loss(name, loss):
+    """``problem.loss``: only ``"squared"``, on a problem with a logistic (two-class) loss."""
+    import controlnet as cn
+
+    if loss != "squared":
+        _refuse("problem.loss", f"the only loss a spec replaces is 'squared', got {loss!r}; drop the key for "
+                                "the problem's own loss")
+    if not isinstance(problems.LOSSES[name], cn.Logistic):
+        _refuse("problem.loss", f"'squared' regresses the 0/1 labels of a two-class problem; {name!r} has a "
+                                f"{type(problems.LOSSES[name]).__name__} loss")
 
 
 def _solver(value):
@@ -130,8 +147,8 @@ def normalize(spec: dict) -> dict:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         _refuse("seed", f"expected an integer >= 0, got {seed!r}")
     scale = spec.get("init_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        _refuse("init_scale", f"expected a positive number, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 <= scale < float("inf")):
+        _refuse("init_scale", f"expected a number >= 0 (0: zero controls), got {scale!r}")
     precision = spec.get("precision", "float32")
     if precision not in PRECISIONS:
         _refuse("precision", f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
@@ -153,7 +170,7 @@ def _gradient_descent(options: dict, max_iters: int):
     """Today's :class:`solvers.GradientDescent` takes an optax transformation: build Adam from
     ``lr`` and ``schedule`` (the one place to adapt once the solver has a learning-rate leaf)."""
     cls = solvers.SOLVERS["gd"]
-    fields = sorted({f.name for f in dataclasses.fields(cls) if f.init} - {"optimizer"} | {"lr", "schedule"})
+    fields = sorted({f.name for f in dataclasses.fields(cls) if f.init} - {"optimizer"} | {"lr", "schedule", "floor"})
     for k in options:
         if k != "name" and k not in fields:
             raise ValueError(f"GradientDescent ('gd') has no option {k!r}; its options are {fields}")
@@ -163,8 +180,13 @@ def _gradient_descent(options: dict, max_iters: int):
         raise ValueError(f"unknown schedule {schedule!r}; choose 'constant' or 'cosine'")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    rate = optax.cosine_decay_schedule(lr, max(max_iters, 1)) if schedule == "cosine" else lr
-    rest = {k: v for k, v in options.items() if k not in ("name", "lr", "schedule")}
+    floor = options.get("floor", 0.0)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+        raise ValueError(f"floor (the cosine schedule's end, a fraction of lr) must be in [0, 1], got {floor!r}")
+    if "floor" in options and schedule != "cosine":
+        raise ValueError("floor is the end of the cosine schedule; add schedule='cosine' or drop floor")
+    rate = optax.cosine_decay_schedule(lr, max(max_iters, 1), alpha=floor) if schedule == "cosine" else lr
+    rest = {k: v for k, v in options.items() if k not in ("name", "lr", "schedule", "floor")}
     return cls(optimizer=optax.adam(rate), **rest)
 
 
@@ -200,11 +222,26 @@ class Built(NamedTuple):
 def build(spec: dict) -> Built:
     """Build the run ``spec`` describes (call it inside :func:`precision_scope`)."""
     spec = normalize(spec)
-    options = {k: copy.deepcopy(v) for k, v in spec["problem"].items() if k != "name"}
+    options = {k: copy.deepcopy(v) for k, v in spec["problem"].items() if k not in ("name", "loss")}
     task = problems.make(spec["problem"]["name"], **options)
+    if spec["problem"].get("loss") == "squared":
+        task = _squared(task)
     controls = task.problem.init_controls(jax.random.PRNGKey(spec["seed"]), scale=spec["init_scale"])
     return Built(task, make_solver(spec["solver"], spec["budget"]["max_iters"]),
                  solvers.Budget(**spec["budget"]), controls)
+
+
+def _squared(task):
+    """``task`` with ``½(λ(z) − y)²`` on the 0/1 labels (one output) instead of its logistic loss."""
+    import numpy as np
+
+    import controlnet as cn
+
+    problem = dataclasses.replace(task.problem, loss=cn.SquaredError(1), y=np.asarray(task.problem.y, float)[:, None])
+    test = task.test
+    if test is not None:
+        test = (test[0], np.asarray(test[1], float)[:, None])
+    return task._replace(problem=problem, test=test)
 
 
 def precision_scope(spec: dict):

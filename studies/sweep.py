@@ -26,7 +26,7 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from controlnet.io import atomic_write
 
@@ -81,14 +81,14 @@ def grid(base: dict, axes: dict) -> list[dict]:
 class SerialExecutor:
     """Runs the specs one after the other in this process (no Ray needed)."""
 
-    def map(self, specs: list[dict], out: Path) -> Iterator[Outcome]:
+    def map(self, specs: list[dict], out: Path, force: bool = False) -> Iterator[Outcome]:
         for spec in specs:
-            yield run(spec, out)
+            yield run(spec, out, force=force)
 
 
-def _ray_run(spec: dict, out: str) -> tuple:
+def _ray_run(spec: dict, out: str, force: bool = False) -> tuple:
     """One Ray task: :func:`studies.run` in a worker process (the outcome as a plain tuple)."""
-    return tuple(run(spec, out))
+    return tuple(run(spec, out, force=force))
 
 
 class RayExecutor:
@@ -125,11 +125,11 @@ class RayExecutor:
             ray.init(address=self.address, log_to_driver=False)
         return ray, True
 
-    def map(self, specs: list[dict], out: Path) -> Iterator[Outcome]:
+    def map(self, specs: list[dict], out: Path, force: bool = False) -> Iterator[Outcome]:
         ray, started = self._init()
         try:
             task = ray.remote(num_cpus=1, max_retries=self.max_retries)(_ray_run)
-            pending = [task.remote(spec, str(Path(out).resolve())) for spec in specs]
+            pending = [task.remote(spec, str(Path(out).resolve()), force) for spec in specs]
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 yield Outcome(*ray.get(done[0]))
@@ -150,14 +150,15 @@ def _record(out: Path, specs: list[dict]) -> None:
 
 
 def sweep(specs: Iterable[dict], out, *, executor=None, progress: bool | None = None,
-          summary: bool = True) -> dict:
+          summary: bool = True, on_run: Callable[[Outcome], None] | None = None, force: bool = False) -> dict:
     """Run every spec into ``out`` with ``executor`` (default :class:`SerialExecutor`) and
     return :func:`studies.summarize`'s summary (or ``{"outcomes": [...]}`` with
-    ``summary=False``).
+    ``summary=False``, in the order the runs ended).
 
     Every spec is checked first: a bad one raises ``ValueError`` (naming its index and key)
     before any run starts. Finished runs are skipped, so running the same sweep again resumes
-    it. ``progress`` shows a bar over the runs (default: on a terminal).
+    it; ``force`` trains them again. ``progress`` shows a bar over the runs (default: on a
+    terminal); ``on_run(outcome)`` is called in this process as each run ends (or is skipped).
     """
     from tqdm.auto import tqdm
 
@@ -177,8 +178,10 @@ def sweep(specs: Iterable[dict], out, *, executor=None, progress: bool | None = 
     outcomes = []
     executor = SerialExecutor() if executor is None else executor
     with tqdm(total=len(unique), desc="sweep", unit="run", disable=None if progress is None else not progress) as bar:
-        for o in executor.map(unique, out):
+        for o in executor.map(unique, out, force=force):
             outcomes.append(o)
+            if on_run is not None:
+                on_run(o)
             bar.set_postfix_str(f"{o.run} {o.status}{'' if o.trained else ' (done before)'} {o.seconds:.1f}s")
             bar.update()
     if not summary:
