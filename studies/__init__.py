@@ -10,7 +10,7 @@ The application layer for studies: it imports :mod:`controlnet`, :mod:`problems`
 
 from .cache import compile_cache_dir, enable_compile_cache
 from .run import LoadedRun, Outcome, is_finished, load_run, run, run_dir, train
-from .spec import build, canonical, make_solver, normalize, spec_hash
+from .spec import build, canonical, make_solver, normalize, precision_scope, spec_hash
 from .summary import collect, summarize
 from .sweep import RayExecutor, SerialExecutor, grid, sweep
 from .comparison import compare
