@@ -2,10 +2,14 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import controlnet as cn
+import problems
+import solvers
 import studies
 from solvers.depth_study import loglog_slope, train_and_measure
 
@@ -87,3 +91,97 @@ def ray_running():
     except ImportError:
         return False
     return ray.is_initialized()
+
+
+# -- the command line's studies run through the sweep ---------------------------------------------
+class _Trained(BaseException):
+    """Raised where a run would train: not an Exception, so no failure record swallows it."""
+
+
+def _no_training(*args, **kwargs):
+    raise _Trained
+
+
+def _cli(argv, capsys):
+    from controlnet_cli.app import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_turnpike_rerun_skips_the_finished_runs_and_gives_the_same_summary(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    import solvers.depth_study
+
+    run_module = importlib.import_module("studies.run")  # the module; `studies.run` is its function
+    out = tmp_path / "tp"
+    argv = ["turnpike", "--problem", "ring", "--samples", "8", "--horizons", "0.5,1", "--step", "0.25",
+            "--tracking-weight", "0", "--iters", "2", "--float64", "--out", out]
+    code, _, err = _cli(argv, capsys)
+    assert code == 0, err
+    first = (out / "summary.json").read_text()
+    runs = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
+    assert len(runs) == 2 and json.loads((out / "study.json").read_text()) == {"command": "turnpike"}
+    # the run folders hold what the summary says: the trained controls, measured again here
+    summary = json.loads(first)
+    for r in summary["l2"]["runs"]:
+        loaded = studies.load_run(out / "runs" / r["run"])
+        assert r["theta_norm"] == solvers.depth_study.measure(loaded.problem, loaded.controls)["theta_norm"]
+        assert r["compile_time"] == loaded.result.info["compile_time"] > 0
+    # the rerun trains nothing and compiles no solver step: training or solving would raise
+    monkeypatch.setattr(run_module, "train", _no_training)
+    monkeypatch.setattr(solvers.depth_study, "solve", _no_training)
+    code, _, err = _cli(argv, capsys)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all("(finished before: 2 iterations in" in line for line in lines), err
+    assert (out / "summary.json").read_text() == first
+    events = [json.loads(line)["event"] for line in (out / "journal.jsonl").read_text().splitlines()]
+    assert events.count("finished") == 2 and events.count("skipped") == 2
+    # another command's study is not mixed into this folder without --overwrite
+    code, _, err = _cli(["compare", "--problem", "ring", "--samples", "8", "--out", out], capsys)
+    assert code == 2 and "holds a study of `controlnet turnpike`; pass --overwrite" in err
+
+
+def test_compare_rerun_skips_the_finished_runs(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    run_module = importlib.import_module("studies.run")
+    out = tmp_path / "cmp"
+    argv = ["compare", "--problem", "ring", "--samples", "8", "--layers", "2", "--solvers", "gd,pgd",
+            "--iters", "3", "--float64", "--out", out]
+    code, table, err = _cli(argv, capsys)
+    assert code == 0, err
+    first = json.loads((out / "summary.json").read_text())
+    monkeypatch.setattr(run_module, "train", _no_training)
+    code, again, err = _cli(argv, capsys)
+    assert code == 0 and err.count("(finished before)") == 2, err
+    assert json.loads((out / "summary.json").read_text()) == first
+    assert again.splitlines()[:4] == table.splitlines()[:4]
+    # the numbers are a direct solve's (the run's solver, the command's problem and initial controls)
+    task = problems.make("ring", samples=8, layers=2, seed=0)
+    controls = task.problem.init_controls(jax.random.PRNGKey(0))
+    for folder in (out / "runs").glob("[0-9a-f]*"):
+        spec = cn.Result.load(folder).spec
+        direct = solvers.solve(studies.make_solver(spec["solver"], 3), task.problem, controls, max_iters=3, seed=0,
+                               test=task.test, progress=False)
+        assert first[spec["solver"]["name"]]["loss"] == direct.info["loss"]
+
+
+def test_spec_gd_floor_and_squared_loss():
+    spec = {"problem": {"name": "ring", "samples": 8, "layers": 2, "loss": "squared"},
+            "solver": {"name": "gd", "lr": 0.1, "schedule": "cosine", "floor": 0.01}, "budget": {"max_iters": 10}}
+    solver = studies.make_solver(studies.normalize(spec)["solver"], 10)
+    state = solver.optimizer.init({"w": jnp.zeros(1)})
+    updates = {"w": jnp.ones(1)}
+    for _ in range(11):  # the 11th step is past the end of the schedule: Adam moves by floor·lr
+        step, state = solver.optimizer.update(updates, state)
+    assert float(step["w"][0]) == pytest.approx(-0.1 * 0.01, rel=1e-6)
+    built = studies.build(spec)
+    assert isinstance(built.task.problem.loss, cn.SquaredError) and built.task.problem.y.shape == (8, 1)
+    with pytest.raises(ValueError, match="'problem.loss'.*'squared' regresses"):
+        studies.normalize({**spec, "problem": {"name": "digits", "loss": "squared"}})
+    with pytest.raises(ValueError, match="floor is the end of the cosine schedule"):
+        studies.normalize({**spec, "solver": {"name": "gd", "floor": 0.5}})
