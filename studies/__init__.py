@@ -15,3 +15,4 @@ from .summary import collect, summarize
 from .sweep import RayExecutor, SerialExecutor, grid, sweep
 from .comparison import compare
 from .depth import depth_specs, depth_study, measure_run
+from .robustness import robustness_specs, robustness_study

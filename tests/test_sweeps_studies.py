@@ -185,3 +185,28 @@ def test_spec_gd_floor_and_squared_loss():
         studies.normalize({**spec, "problem": {"name": "digits", "loss": "squared"}})
     with pytest.raises(ValueError, match="floor is the end of the cosine schedule"):
         studies.normalize({**spec, "solver": {"name": "gd", "floor": 0.5}})
+
+
+def test_robustness_study_as_a_sweep_equals_the_in_process_study(tmp_path):
+    from solvers.robustness_study import robustness_study
+
+    small = {"samples": 20, "test_samples": 20, "width": 4, "layers": 4}
+    networks = {"resnet": {"name": "two_moons", "dynamics": "inner", **small},
+                "lipschitz": {"name": "two_moons", "dynamics": "lipschitz", "integrator": "lie", **small}}
+    rows = studies.robustness_study(tmp_path / "rob", networks, [0.0, 0.2], steps=5, max_iters=10,
+                                    precision="float64", progress=False)
+
+    def factory():
+        tasks = {k: problems.make(v["name"], seed=0, **{o: x for o, x in v.items() if o != "name"})
+                 for k, v in networks.items()}
+        return {k: (t.problem, t.test) for k, t in tasks.items()}
+
+    direct = robustness_study(factory, studies.make_solver("gd"), [0.0, 0.2], max_iters=10, steps=5)
+    for label in networks:
+        assert rows[label]["status"] == "max_iters"
+        assert {k: v for k, v in rows[label].items() if k not in ("status", "run")} == direct[label]
+    assert "certified" in rows["lipschitz"] and "certified" not in rows["resnet"]
+    assert json.loads((tmp_path / "rob" / "robustness.json").read_text())["resnet"]["eps"] == [0.0, 0.2]
+    with pytest.raises(ValueError, match="radii must be >= 0"):
+        studies.robustness_study(tmp_path / "rob2", networks, [-0.1], max_iters=1)
+    assert not (tmp_path / "rob2").exists()
