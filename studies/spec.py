@@ -54,7 +54,7 @@ __all__ = ["normalize", "spec_hash", "canonical", "build", "Built", "make_solver
 TOP_KEYS = ("problem", "solver", "seed", "budget", "init_scale", "precision")
 PRECISIONS = ("float32", "float64")
 _BUDGET = ("max_iters", "max_seconds", "tol", "target_loss")
-_MAKE = inspect.signature(problems.make).parameters
+_MAKE = inspect.signature(problems.tasks.make).parameters  # the function itself, even where problems.make is wrapped
 #: problems.make's options that are numbers with a fractional part: 2 and 2.0 mean the same run.
 _FLOATS = {n for n, p in _MAKE.items() if str(p.annotation).startswith("float")}
 
