@@ -8,7 +8,9 @@ on one machine or a Ray cluster; ``controlnet sweep summarize OUT`` summarizes a
     controlnet sweep summarize runs/ring                   # while it runs, or after it was killed
 
 Every run lands in ``OUT/runs/<hash>/`` (:mod:`studies.run`); running the same command again
-skips the finished runs. The summary goes to ``OUT/summary.json`` and ``OUT/summary.csv``.
+skips the finished runs. The summary goes to ``OUT/summary.json`` and ``OUT/summary.csv``; in
+the folder of a ``turnpike`` or ``compare`` study (which keeps its own ``summary.json``),
+``summarize`` writes ``OUT/runs_summary.json`` and ``.csv``.
 """
 
 from __future__ import annotations
@@ -207,18 +209,23 @@ def run(args) -> int:
     """The handler: run the sweep (or summarize); returns the exit status."""
     import studies
 
+    name = "summary"
     if args.action:
         if args.action[0] != "summarize" or len(args.action) != 2:
             raise UsageError(f"unknown sweep action {' '.join(args.action)!r}; use `controlnet sweep summarize OUT`")
         out = Path(args.action[1])
         if not out.is_dir():
             raise UsageError(f"{out} is not a directory; give the --out folder of a sweep")
-        summary = studies.summarize(out)
+        name = "runs_summary" if (out / STUDY_FILE).is_file() else "summary"  # keep the command's own summary
+        summary = studies.summarize(out, name=name)
     else:
         if args.out is None:
             raise UsageError("--out is required: the folder the runs are written to")
         if args.out.exists() and not args.out.is_dir():
             raise UsageError(f"--out {args.out} exists and is not a directory; pick another path")
+        if (args.out / STUDY_FILE).is_file():  # its summary.json is the command's, not a sweep's
+            raise UsageError(f"--out {args.out} holds the study of another command ({STUDY_FILE}); rerun that "
+                             "command to resume it, or choose another --out")
         if args.serial and (args.address or args.workers):
             raise UsageError("--serial runs in this process; drop --address and --workers")
         specs = specs_from_args(args)
@@ -229,8 +236,8 @@ def run(args) -> int:
             raise UsageError(str(e)) from None
         summary = studies.sweep(specs, args.out, executor=executor, progress=False if args.quiet else None)
     _print_summary(summary)
-    out = args.action[1] if args.action else args.out
-    print(f"wrote {Path(out) / 'summary.json'}, {Path(out) / 'summary.csv'}")
+    out = Path(args.action[1] if args.action else args.out)
+    print(f"wrote {out / (name + '.json')}, {out / (name + '.csv')}")
     return 0
 
 

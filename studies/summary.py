@@ -91,8 +91,9 @@ def _table(rows: list[dict]) -> tuple[list[str], list[dict]]:
     return axes, table
 
 
-def summarize(out, *, figures: bool = True) -> dict:
-    """Build, write and return the summary of the study in ``out`` (module doc)."""
+def summarize(out, *, figures: bool = True, name: str = "summary") -> dict:
+    """Build, write and return the summary of the study in ``out`` (module doc), into
+    ``OUT/<name>.json`` and ``OUT/<name>.csv``."""
     out = Path(out)
     axes, table = _table(collect(out))
     counts = {}
@@ -100,13 +101,13 @@ def summarize(out, *, figures: bool = True) -> dict:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     summary = {"axes": axes, "counts": counts, "runs": table}
     text = to_json(summary, indent=1)
-    atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
+    atomic_write(out / f"{name}.json", lambda f: f.write(text.encode()))
     buf = io.StringIO()
     if table:
         writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(table)
-    atomic_write(out / "summary.csv", lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(out / f"{name}.csv", lambda f: f.write(buf.getvalue().encode()))
     if figures:
         for axis in axes:
             if not axis.endswith("seed") and all(isinstance(t.get(axis), (int, float)) for t in table):

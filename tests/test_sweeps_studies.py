@@ -140,6 +140,11 @@ def test_turnpike_rerun_skips_the_finished_runs_and_gives_the_same_summary(tmp_p
     assert (out / "summary.json").read_text() == first
     events = [json.loads(line)["event"] for line in (out / "journal.jsonl").read_text().splitlines()]
     assert events.count("finished") == 2 and events.count("skipped") == 2
+    # the generic summary of the runs keeps the command's own summary.json
+    code, _, err = _cli(["sweep", "summarize", out], capsys)
+    assert code == 0, err
+    assert (out / "summary.json").read_text() == first
+    assert json.loads((out / "runs_summary.json").read_text())["counts"] == {"max_iters": 2}
     # another command's study is not mixed into this folder without --overwrite
     code, _, err = _cli(["compare", "--problem", "ring", "--samples", "8", "--out", out], capsys)
     assert code == 2 and "holds a study of `controlnet turnpike`; pass --overwrite" in err
