@@ -5,8 +5,9 @@ one sweep (:mod:`studies`): its run goes to ``OUT/runs/<hash>``, so running the 
 again skips the finished runs (``OUT/study.json`` marks the folder as this command's study; see
 :func:`~controlnet_cli.sweep.prepare_study_out`). A line on stderr reports each run as it ends:
 its compile time apart from its iterations' time; the numbers are
-:func:`solvers.compare.entry`'s, read back from the run folders. Then one table (both times as columns), ``OUT/summary.json``,
-``loss_vs_iter.png`` and ``loss_vs_time.png`` (a log time axis when the times span decades).
+:func:`solvers.compare.entry`'s, read back from the run folders. Then one table (both times as
+columns), ``OUT/summary.json``, ``loss_vs_iter.png`` and ``loss_vs_time.png`` (a log time axis
+when the times span decades). ``--ray``/``--address`` run the solvers' runs on Ray.
 """
 
 from __future__ import annotations
