@@ -27,8 +27,9 @@ __all__ = ["add_parser", "run", "main", "specs_from_args", "add_executor_options
 STUDY_FILE = "study.json"
 
 #: Why ``turnpike`` and ``compare`` run in this process unless told otherwise.
-SERIAL_WHY = ("runs in this process by default: a local Ray takes seconds to start and every worker compiles "
-              "its programs again, more than a small study's runs take")
+SERIAL_WHY = ("runs in this process by default: a local Ray takes about 10 s to start, load its workers and "
+              "stop, and each worker compiles the programs again, so it pays off only when the runs are long "
+              "or there are more cores")
 
 
 def add_parser(subparsers):
@@ -98,7 +99,8 @@ def specs_from_args(args) -> list[dict]:
 def add_executor_options(p):
     """``--ray``, ``--address``, ``--workers`` of a study command that runs serially by default
     (:data:`SERIAL_WHY`)."""
-    g = p.add_argument_group(f"where the runs go (the study {SERIAL_WHY})")
+    g = p.add_argument_group("where the runs go", f"The study {SERIAL_WHY}. Each run is written to "
+                                                   "OUT/runs/<hash> wherever it trains.")
     g.add_argument("--ray", action="store_true", help="run the study's runs on a local Ray, one worker per core")
     g.add_argument("--address", help="run them on the Ray cluster at HOST:PORT (ray start --head)")
     g.add_argument("--workers", type=positive_int, help="workers of the local Ray (default: one per core)")

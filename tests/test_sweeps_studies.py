@@ -148,6 +148,14 @@ def test_turnpike_rerun_skips_the_finished_runs_and_gives_the_same_summary(tmp_p
     # another command's study is not mixed into this folder without --overwrite
     code, _, err = _cli(["compare", "--problem", "ring", "--samples", "8", "--out", out], capsys)
     assert code == 2 and "holds a study of `controlnet turnpike`; pass --overwrite" in err
+    # --overwrite trains every run again, to the same numbers
+    monkeypatch.undo()
+    code, _, err = _cli(argv + ["--overwrite"], capsys)
+    assert code == 0 and "finished before" not in err, err
+    events = [json.loads(line)["event"] for line in (out / "journal.jsonl").read_text().splitlines()]
+    assert events.count("finished") == 4
+    again = json.loads((out / "summary.json").read_text())
+    assert [r["theta_norm"] for r in again["l2"]["runs"]] == [r["theta_norm"] for r in summary["l2"]["runs"]]
 
 
 def test_compare_rerun_skips_the_finished_runs(tmp_path, capsys, monkeypatch):
