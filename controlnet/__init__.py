@@ -33,6 +33,7 @@ from .problem import ControlProblem, Controls, metrics, objective, objective_val
 from .evaluation import evaluate
 from .readout import init_readout, readout
 from .state import final_state, forward, from_scan, to_scan
+from .predict import Prediction, predict
 
 __version__ = "0.1.0"
 from .io import Result, load_controls, save_controls

@@ -3,7 +3,7 @@
 The application layer (:mod:`controlnet_cli`): it imports :mod:`controlnet`, :mod:`problems` and
 :mod:`solvers`, and nothing imports it. Each subcommand is a module with ``add_parser`` (its
 options) and ``run`` (its handler): :mod:`~controlnet_cli.train`, :mod:`~controlnet_cli.turnpike`,
-:mod:`~controlnet_cli.compare`. Bad input prints one line ``controlnet: error: ...`` (no
+:mod:`~controlnet_cli.compare`, :mod:`~controlnet_cli.sweep`. Bad input prints one line ``controlnet: error: ...`` (no
 traceback) and exits with status 2, before any data, compile or file; a diverged solve exits
 with status 3, an interrupted one (Ctrl-C, its last iterate saved and resumable) with 130.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import compare, train, turnpike
+from . import compare, sweep, train, turnpike
 from .arguments import Parser, UsageError
 from .problem_options import fill_training_defaults, task_from_args
 from .solver_options import solver_from_args
@@ -21,7 +21,7 @@ from .solver_options import solver_from_args
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "fill_training_defaults", "task_from_args", "solver_from_args"]
 
 #: The subcommands' ``add_parser`` functions, in the order ``--help`` lists them.
-SUBCOMMANDS = [train.add_parser, turnpike.add_parser, compare.add_parser]
+SUBCOMMANDS = [train.add_parser, turnpike.add_parser, compare.add_parser, sweep.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,17 +1,24 @@
-"""``controlnet turnpike``: the depth-versus-turnpike study (:mod:`solvers.depth_study`).
+"""``controlnet turnpike``: the depth-versus-turnpike study (:mod:`solvers.depth_study`), as a
+sweep of runs (:mod:`studies`).
 
 The study sets the number of layers (``N = T/h`` from ``--horizons`` and ``--step``) and the
 tracking weight (0 for the L² sweep, ``--tracking-weight`` for the other), so the problem
-options ``--layers`` and ``--tracking`` are not offered. Every run is reported on stderr as it
-finishes, with its time split into iterating and the rest (compiling, measuring). Writes
-``OUT/summary.json`` and the plots of the error against ``T`` and of ``‖θ(t)‖`` and the flow
-speed against ``t/T``.
+options ``--layers`` and ``--tracking`` are not offered. Each ``(sweep, T, N)`` is a run spec;
+its run goes to ``OUT/runs/<hash>`` and is measured from its folder
+(:func:`studies.measure_run`), so running the same command again skips the finished runs and
+rebuilds the same summary (``OUT/study.json`` marks the folder as this command's study; see
+:func:`~controlnet_cli.sweep.prepare_study_out`). Every run is reported on stderr as it ends,
+its compile time apart from its iterations' time. Writes ``OUT/summary.json`` and the plots of
+the error against ``T`` and of ``‖θ(t)‖`` and the flow speed against ``t/T``.
+
+``--warm-start`` chains each horizon to the previous one's solution, so its runs are not
+independent: it trains in this process through :func:`solvers.depth_study.depth_study`,
+without run folders or resume.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from controlnet.io import atomic_write, to_json
@@ -22,6 +29,7 @@ from .guards import check_layers, check_out, check_size
 from .lock import output_lock
 from .problem_options import add_problem_options, fill_training_defaults, task_from_args
 from .solver_options import add_solver_choice, add_solver_options, solver_from_args
+from .sweep import add_executor_options, executor_from_args, mark_study, prepare_study_out, solver_spec
 
 __all__ = ["add_parser", "run", "DEFAULTS"]
 
@@ -35,8 +43,9 @@ def add_parser(sub):
     p = sub.add_parser("turnpike", help="sweep the horizon T (or N) and measure error, ‖θ(t)‖ and the turnpike",
                        description="The depth-versus-turnpike study: train the problem for every horizon T at a "
                                    "fixed step h (N = T/h layers) or, with --fixed-T, every N at a fixed T; "
-                                   "once with the L² running cost only and once with tracking. Reports each run "
-                                   "as it finishes; writes OUT/summary.json and plots of the error against T and "
+                                   "once with the L² running cost only and once with tracking. Every run goes to "
+                                   "OUT/runs/<hash>; rerunning the same command skips the finished runs. Reports "
+                                   "each run as it ends; writes OUT/summary.json and plots of the error against T and "
                                    "of ‖θ(t)‖ and the flow speed against t/T. gd's learning rate decays to 1% "
                                    "of --lr over --iters (cosine) unless --schedule constant.")
     add_problem_options(p, exclude=("--layers", "--tracking"))
@@ -55,9 +64,13 @@ def add_parser(sub):
     p.add_argument("--eps", type=positive_float, default=0.1, help="band ‖θ(t)‖ ≤ ε (and flow speed ≤ ε) (default: 0.1)")
     p.add_argument("--warm-start", choices=("none", "tracking", "both"), default="none",
                    help="start each horizon from the previous solution, its new layers at θ = 0 "
-                        "(continuation in T): for no sweep, the tracking sweep only, or both (default: none)")
-    p.add_argument("--out", type=out_dir, required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace the study already in --out")
+                        "(continuation in T): for no sweep, the tracking sweep only, or both; the runs then "
+                        "depend on each other and train in this process without resume (default: none)")
+    p.add_argument("--out", type=out_dir, required=True,
+                   help="output directory; a turnpike study already there is resumed (finished runs skipped)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds (a turnpike study there: train every run again)")
+    add_executor_options(p)
     p.set_defaults(handler=run, solver_options=add_solver_options(p))
 
 
@@ -99,51 +112,128 @@ def _check(args, horizons, fixed_T):
 
 
 def run(args):
-    check_out(args.out, overwrite=args.overwrite, can_resume=False)
     horizons = sorted(args.horizons)
     fixed_T = (args.horizon or max(horizons)) if args.fixed_T else None
+    if args.warm_start != "none":
+        if args.ray or args.address or args.workers:
+            raise UsageError("--warm-start chains each horizon to the previous one, in this process: "
+                             "drop --ray, --address and --workers, or drop --warm-start")
+        check_out(args.out, overwrite=args.overwrite, can_resume=False)
+    else:
+        resume = prepare_study_out(args.out, "turnpike", overwrite=args.overwrite)
     _check(args, horizons, fixed_T)
     fill_training_defaults(args, DEFAULTS)
-    solver = solver_from_args(args, floor=COSINE_FLOOR)
     factory = _factory(args)
-    factory(horizons[0], 1, 0.0)  # bad problem options fail here, before any training
+    if args.warm_start != "none":
+        solver = solver_from_args(args, floor=COSINE_FLOOR)
+        factory(horizons[0], 1, 0.0)  # bad problem options fail here, before any training
+        with output_lock(args.out, "turnpike"):
+            return _finish(args, _chained(args, factory, solver, horizons, fixed_T))
+    executor = executor_from_args(args)
+    specs = _specs(args, horizons, fixed_T)
+    factory(horizons[0], 1, 0.0)
     with output_lock(args.out, "turnpike"):
-        return _run(args, factory, solver, horizons, fixed_T)
+        mark_study(args.out, "turnpike")
+        summary = _swept(args, specs, executor, resume, fixed_T)
+        return 1 if summary is None else _finish(args, summary)
 
 
-def _reporter(args, horizons):
-    """``callback(run)`` for the study: one line on stderr per finished run, its time split into
-    the iterations and the rest (compile, measurements; the compile apart when the run has it)."""
-    sweeps = 2 if args.tracking_weight > 0 else 1
-    total, clock = sweeps * len(horizons), {"done": 0, "last": time.perf_counter()}
+def _specs(args, horizons, fixed_T) -> dict:
+    """``{"l2": [spec by horizon], "tracking": [...]}``: the study's run specs."""
+    import studies
+    from solvers.depth_study import horizon_grid
 
-    def report(run):
-        now = time.perf_counter()
-        elapsed, clock["last"] = now - clock["last"], now
-        clock["done"] += 1
-        sweep = "L²" if clock["done"] <= len(horizons) else "tracking"
-        rest = (f"compile {run['compile_time']:.1f} s" if run.get("compile_time") is not None
-                else f"{max(elapsed - run['wall_time'], 0.0):.1f} s compiling and measuring")
-        print(f"  [{clock['done']}/{total}] {sweep} T={run['T']:g} N={run['N']}: error {run['training_error']:.3g}, "
-              f"‖θ‖_L2 {run['theta_l2']:.3g}, μ {run['mu']:.3g}, band {run['band_fraction']:.2f} "
-              f"({elapsed:.1f} s: {run['iterations']} iterations in {run['wall_time']:.2f} s, {rest})",
-              file=sys.stderr)
+    solver = solver_spec(args, args.solver, floor=COSINE_FLOOR)
+    problem = {k: getattr(args, k) for k in ("samples", "width", "dynamics", "hidden", "activation", "integrator",
+                                             "l2", "l1", "smoothness") if getattr(args, k) is not None}
+    problem.update(name=args.problem, seed=args.seed, test_samples=0, **({"loss": "squared"} if args.loss == "squared"
+                                                                          else {}))
+    weights = {"l2": 0.0, **({"tracking": args.tracking_weight} if args.tracking_weight > 0 else {})}
+    specs = {kind: [{"problem": {**problem, "horizon": T, "layers": N, "tracking": w}, "solver": solver,
+                     "seed": args.seed, "budget": {"max_iters": args.iters}, "init_scale": args.init_scale,
+                     "precision": "float64" if args.float64 else "float32"}
+                    for T, N in horizon_grid(horizons, args.step, fixed_T)]
+             for kind, w in weights.items()}
+    for kind in specs:
+        try:
+            specs[kind] = [studies.normalize(s) for s in specs[kind]]
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return specs
 
-    return report
+
+def _line(done, total, kind, record, how):
+    """One run's line: its turnpike numbers and ``how`` (its time, compile apart)."""
+    sweep = "L²" if kind == "l2" else "tracking"
+    return (f"  [{done}/{total}] {sweep} T={record['T']:g} N={record['N']}: error {record['training_error']:.3g}, "
+            f"‖θ‖_L2 {record['theta_l2']:.3g}, μ {record['mu']:.3g}, band {record['band_fraction']:.2f} ({how})")
 
 
-def _run(args, factory, solver, horizons, fixed_T):
+def _swept(args, specs, executor, resume, fixed_T) -> dict:
+    """Run the specs as a sweep into ``args.out``, each run measured from its folder and
+    reported as it ends (a run finished before says so); the sweeps' summaries, or ``None``
+    when a run failed."""
+    import studies
+    from solvers.depth_study import study_summary
+
+    where = {studies.spec_hash(s): (kind, i) for kind, ss in specs.items() for i, s in enumerate(ss)}
+    records, failed = {}, []
+
+    def report(outcome):
+        kind, i = where[outcome.run]
+        total = len(where)
+        done = len(records) + len(failed) + 1
+        if outcome.error is not None:
+            failed.append(outcome.run)
+            print(f"  [{done}/{total}] {kind} run {outcome.run} failed: {outcome.error}", file=sys.stderr)
+            return
+        r = records[outcome.run] = studies.measure_run(args.out / "runs" / outcome.run, args.eps)
+        times = f"{r['iterations']} iterations in {r['wall_time']:.2f} s"
+        rest = (f"compile {r['compile_time']:.1f} s" if r.get("compile_time") is not None
+                else f"{max(outcome.seconds - r['wall_time'], 0.0):.1f} s compiling and saving")
+        how = f"{outcome.seconds:.1f} s: {times}, {rest}" if outcome.trained else f"finished before: {times}, {rest}"
+        print(_line(done, total, kind, r, how), file=sys.stderr)
+
+    ordered = [s for ss in specs.values() for s in ss]
+    studies.sweep(ordered, args.out, executor=executor, progress=False, summary=False, on_run=report,
+                  force=not resume and (args.out / "runs").is_dir())
+    if failed:  # no summary of a study with holes; a rerun trains the failed runs again
+        print(f"controlnet: error: {len(failed)} of {len(where)} runs failed ({', '.join(failed)}); their messages "
+              f"are in {args.out}/runs/<run>/failed.json", file=sys.stderr)
+        return None
+    out = {}
+    for kind, ss in specs.items():
+        runs = [{**records[studies.spec_hash(s)], "warm_start": False} for s in ss]
+        out[kind] = study_summary(runs, step=args.step, fixed_T=fixed_T, tracking=ss[0]["problem"]["tracking"],
+                                  eps=args.eps)
+    return out
+
+
+def _chained(args, factory, solver, horizons, fixed_T) -> dict:
+    """The warm-started study, in this process (its runs depend on each other)."""
     from solvers.depth_study import depth_study, depth_vs_turnpike
 
+    total, done = (2 if args.tracking_weight > 0 else 1) * len(horizons), []
+
+    def report(run):
+        done.append(run)
+        kind = "l2" if len(done) <= len(horizons) else "tracking"
+        rest = f"compile {run['compile_time']:.1f} s" if run.get("compile_time") is not None else "no compile time"
+        print(_line(len(done), total, kind, run, f"{run['iterations']} iterations in {run['wall_time']:.2f} s, "
+                                                  f"{rest}"), file=sys.stderr)
+
     options = dict(step=args.step, fixed_T=fixed_T, max_iters=args.iters, seed=args.seed,
-                   init_scale=args.init_scale, eps=args.eps, callback=_reporter(args, horizons))
+                   init_scale=args.init_scale, eps=args.eps, callback=report)
     if args.warm_start == "tracking" and args.tracking_weight > 0:
-        summary = {"l2": depth_study(factory, solver, horizons, tracking=0.0, **options),
-                   "tracking": depth_study(factory, solver, horizons, tracking=args.tracking_weight,
-                                           warm_start=True, **options)}
-    else:
-        summary = depth_vs_turnpike(factory, solver, horizons, tracking=args.tracking_weight,
-                                    warm_start=args.warm_start == "both", **options)
+        return {"l2": depth_study(factory, solver, horizons, tracking=0.0, **options),
+                "tracking": depth_study(factory, solver, horizons, tracking=args.tracking_weight,
+                                        warm_start=True, **options)}
+    return depth_vs_turnpike(factory, solver, horizons, tracking=args.tracking_weight,
+                             warm_start=args.warm_start == "both", **options)
+
+
+def _finish(args, summary) -> int:
+    """Write ``summary.json`` (with the command's ``config``) and the figures; print the slopes."""
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
               if k not in ("command", "handler", "solver_options") and not callable(v)}
     summary = {"config": config, **summary}

@@ -2,21 +2,15 @@
 
     python scripts/compare_solvers.py [OUT]      (default OUT: runs/compare)
 
-Prints one table and writes OUT/summary.json, loss_vs_iter.png and loss_vs_time.png; the same
-as ``controlnet compare --problem ring --solvers gd,msa,emsa --iters 300 --out OUT``.
+Runs ``controlnet compare --problem ring --samples 500 --solvers gd,msa,emsa --iters 300 --out
+OUT``: each solver a run of one sweep in ``OUT/runs/<hash>`` (a rerun skips the finished ones);
+prints one table and writes OUT/summary.json, loss_vs_iter.png and loss_vs_time.png.
 """
 
 import sys
 
-import jax
-
-import problems
-from solvers import compare
+from controlnet_cli.app import main
 
 out = sys.argv[1] if len(sys.argv) > 1 else "runs/compare"
-task = problems.make("ring", samples=500)
-controls = task.problem.init_controls(jax.random.PRNGKey(0))
-result = compare.compare(task.problem, ["gd", "msa", "emsa"], controls, max_iters=300, test=task.test)
-print(compare.format_table(result.summary))
-for path in compare.save(result, out):
-    print("wrote", path)
+sys.exit(main(["compare", "--problem", "ring", "--samples", "500", "--solvers", "gd,msa,emsa", "--iters", "300",
+               "--out", out]))

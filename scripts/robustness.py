@@ -6,7 +6,9 @@ For each problem both networks train by Adam from the same seed; then every test
 attacked by the projected gradient attack (ℓ2, 40 steps, through the adjoint) at each radius
 ``ε``, and for the 1-Lipschitz network (:class:`controlnet.LipschitzNet` layers, Lie splitting)
 the certified accuracy (the fraction of test samples whose certified radius is at least ``ε``)
-is drawn beside its attacked one. Writes ``OUT/robustness.json`` and ``OUT/<problem>.png``.
+is drawn beside its attacked one. Each problem's two networks are a sweep of runs
+(:func:`studies.robustness_study`) in ``OUT/<problem>/``, so a rerun skips the trained ones.
+Writes ``OUT/robustness.json`` and ``OUT/<problem>.png``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-import optax
-
-import problems
-import solvers
+import studies
 from controlnet import plotting
 from controlnet.io import atomic_write
-from solvers.robustness_study import robustness_study
 
 #: The 1-Lipschitz network's step sizes (``problems.make``'s ``field_options``): the largest
 #: expansive step its condition allows for ``h_C = 0.5`` (0.1547 is ``1/√0.75 − 1`` rounded down).
@@ -45,17 +43,15 @@ SETTINGS = {
 }
 
 
-def study(name: str, seed: int = 0, iters: int | None = None, samples: int | None = None, steps: int = 40) -> dict:
-    """Both networks on problem ``name`` (:func:`solvers.robustness_study.robustness_study`)."""
+def study(name: str, seed: int = 0, iters: int | None = None, samples: int | None = None, steps: int = 40,
+          out: Path = Path("runs/robustness")) -> dict:
+    """Both networks on problem ``name`` as a sweep into ``out/name`` (:func:`studies.robustness_study`:
+    resumable, each network's run in ``out/name/runs/<hash>``)."""
     s = SETTINGS[name]
-
-    def factory():
-        size = {} if samples is None else {"samples": samples, "test_samples": samples}
-        tasks = {arch: problems.make(name, seed=seed, **s[arch], **size) for arch in ("resnet", "lipschitz")}
-        return {arch: (t.problem, t.test) for arch, t in tasks.items()}
-
-    return robustness_study(factory, solvers.GradientDescent(optax.adam(1e-2)), s["eps"],
-                            max_iters=s["iters"] if iters is None else iters, seed=seed, steps=steps)
+    size = {} if samples is None else {"samples": samples, "test_samples": samples}
+    networks = {arch: {"name": name, **s[arch], **size} for arch in ("resnet", "lipschitz")}
+    return studies.robustness_study(out / name, networks, s["eps"], solver={"name": "gd", "lr": 1e-2},
+                                    max_iters=s["iters"] if iters is None else iters, seed=seed, steps=steps)
 
 
 def main(argv=None):
@@ -71,7 +67,7 @@ def main(argv=None):
     a.out.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in names:
-        results[name] = r = study(name, a.seed)
+        results[name] = r = study(name, a.seed, out=a.out)
         for arch, row in r.items():
             cells = ", ".join(f"ε={e:g}: {acc:.3f}" for e, acc in zip(row["eps"], row["attacked"]))
             cert = "" if "certified" not in row else " | certified " + ", ".join(

@@ -23,7 +23,7 @@ import controlnet as cn
 
 from .driver import solve
 
-__all__ = ["Comparison", "compare", "time_to_target", "format_table", "save", "FIELDS"]
+__all__ = ["Comparison", "compare", "entry", "time_to_target", "format_table", "save", "FIELDS"]
 
 #: The fields of one summary entry, in the table's column order.
 FIELDS = ("loss", "accuracy", "iterations", "wall_time", "time_to_target", "iters_to_target", "status")
@@ -98,21 +98,30 @@ def compare(problem: cn.ControlProblem, solvers, controls: cn.Controls, *, optio
     for name, solver in named:
         res = solve(solver, problem, controls, seed=seed, max_iters=max_iters,
                     max_seconds=max_seconds, test=test, progress=progress)
-        seconds, iters = time_to_target(res.history, target_loss)
         results[name] = res
-        summary[name] = {
-            "loss": _finite(res.info.get("loss")),
-            "accuracy": _finite(res.info.get("accuracy")),
-            "test_accuracy": _finite(res.info.get("test_accuracy")),
-            "iterations": int(res.info.get("iterations", 0)),
-            "wall_time": _finite(res.info.get("wall_time")),
-            "compile_time": _finite(res.info.get("compile_time")),
-            "time_to_target": seconds,
-            "iters_to_target": iters,
-            "target_loss": float(target_loss),
-            "status": res.status,
-        }
+        summary[name] = entry(res, target_loss)
     return Comparison(results, summary, float(target_loss))
+
+
+def entry(result: cn.Result, target_loss: float) -> dict:
+    """One solver's summary entry from its result: final ``loss``, ``accuracy``,
+    ``test_accuracy``, ``iterations``, ``wall_time`` (the iterations), ``compile_time``, the
+    :func:`time_to_target` of ``target_loss`` (``time_to_target``, ``iters_to_target``),
+    ``target_loss`` and ``status``; a number that is not finite is ``None``."""
+    seconds, iters = time_to_target(result.history, target_loss)
+    info = result.info
+    return {
+        "loss": _finite(info.get("loss")),
+        "accuracy": _finite(info.get("accuracy")),
+        "test_accuracy": _finite(info.get("test_accuracy")),
+        "iterations": int(info.get("iterations", 0)),
+        "wall_time": _finite(info.get("wall_time")),
+        "compile_time": _finite(info.get("compile_time")),
+        "time_to_target": seconds,
+        "iters_to_target": iters,
+        "target_loss": float(target_loss),
+        "status": result.status,
+    }
 
 
 def format_table(summary: dict) -> str:

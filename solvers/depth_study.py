@@ -34,8 +34,8 @@ from controlnet import diagnostics as dg
 
 from .driver import solve
 
-__all__ = ["horizon_grid", "warm_start_controls", "train_and_measure", "depth_study", "depth_vs_turnpike",
-           "loglog_slope", "regularization_sweep"]
+__all__ = ["horizon_grid", "warm_start_controls", "measure", "run_record", "train_and_measure", "study_summary",
+           "depth_study", "depth_vs_turnpike", "loglog_slope", "regularization_sweep"]
 
 Factory = Callable[[float, int, float], cn.ControlProblem]
 
@@ -93,32 +93,24 @@ def warm_start_controls(controls: cn.Controls, N: int, mode: str = "fixed_h") ->
     raise ValueError(f"mode must be 'fixed_h' or 'fixed_T', got {mode!r}")
 
 
-def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
-                      init_scale: float = 0.1, eps: float = 0.1, test=None, controls=None) -> dict:
-    """Train ``problem`` from ``controls`` (default: random, ``init_scale``) and measure the
-    trained controls.
+def measure(problem: cn.ControlProblem, controls: cn.Controls, *, eps: float = 0.1) -> dict:
+    """The turnpike measurements of trained ``controls`` on ``problem`` (no training, no solver).
 
-    Returns JSON-able numbers (``training_error`` is the data loss at the last layer), the
-    per-layer curves ``theta_norm``, ``speed`` (per interval, midpoints ``t``) and ``risk``
-    (per node), and under ``"controls"`` the trained controls themselves (not JSON-able; the
-    study drops them).
+    Returns JSON-able numbers: ``T``, ``N``, ``h``; ``‖θ‖`` in L², L¹ and of ``∂_tθ``; the rate
+    ``μ`` of ``‖θ(t)‖ ≈ C(e^{−μt} + e^{−μ(T−t)})`` (equal amplitudes, and ``free`` ones) and of
+    the flow speed; the share of the horizon inside the band ``‖θ(t)‖ ≤ ε`` (and speed ``≤ ε``);
+    the largest values in the middle half and at the ends; the per-layer curves ``theta_norm``,
+    ``speed`` (per interval, midpoints ``t``) and ``risk`` (per node).
     """
-    if controls is None:
-        controls = problem.init_controls(jax.random.PRNGKey(seed), scale=init_scale)
-    result = solve(solver, problem, controls, max_iters=max_iters, seed=seed, test=test, progress=False)
-    c = result.controls
-    prof = {k: np.asarray(v, float) for k, v in jax.jit(dg.turnpike_profile)(problem, c).items()}
+    prof = {k: np.asarray(v, float) for k, v in jax.jit(dg.turnpike_profile)(problem, controls).items()}
     T, h = float(problem.T), float(problem.h)
     fit_theta = _fit(prof["t"], prof["theta_norm"], T)
     fit_speed = _fit(prof["t"], prof["speed"], T)
     free = _fit(prof["t"], prof["theta_norm"], T, "free")
-    reg = dg.regularization_summary(c.theta, h)
-    info = result.info
+    reg = dg.regularization_summary(controls.theta, h)
     mid = slice(problem.N // 4, problem.N - problem.N // 4)  # the middle half of the horizon
-    out = {
-        "T": T, "N": problem.N, "h": h, "status": result.status, "iterations": info["iterations"],
-        "wall_time": info["wall_time"], "loss": info["loss"],
-        "training_error": info["data_loss"], "accuracy": info["accuracy"],
+    return {
+        "T": T, "N": problem.N, "h": h,
         "theta_l2": reg["l2"], "theta_l1": reg["l1"], "theta_dt_l2": reg["dt_l2"],
         "mu": fit_theta["mu"], "mu_r2": fit_theta["r2"], "mu_C": fit_theta["C0"],
         "mu_free": free["mu"], "mu_free_r2": free["r2"], "mu_free_C0": free["C0"],
@@ -134,10 +126,34 @@ def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
         "t": prof["t"].tolist(), "theta_norm": prof["theta_norm"].tolist(),
         "speed": prof["speed"].tolist(), "risk": prof["risk"].tolist(),
     }
-    for k in ("test_loss", "test_accuracy"):
-        if k in info:
-            out[k] = info[k]
-    out["controls"] = c
+
+
+def run_record(status: str, info: dict) -> dict:
+    """A solve's own numbers for the study's record: ``status``, ``iterations``, ``wall_time``
+    (the iterations), ``compile_time`` (``None`` for a solver that does not time it apart),
+    ``loss``, ``training_error`` (the data loss at the last layer), ``accuracy``, and the test
+    split's ``test_loss``, ``test_accuracy`` when there is one."""
+    out = {"status": status, "iterations": info["iterations"], "wall_time": info["wall_time"],
+           "compile_time": info.get("compile_time"), "loss": info["loss"],
+           "training_error": info["data_loss"], "accuracy": info["accuracy"]}
+    out.update({k: info[k] for k in ("test_loss", "test_accuracy") if k in info})
+    return out
+
+
+def train_and_measure(problem, solver, *, max_iters: int = 1000, seed: int = 0,
+                      init_scale: float = 0.1, eps: float = 0.1, test=None, controls=None) -> dict:
+    """Train ``problem`` from ``controls`` (default: random, ``init_scale``) and :func:`measure`
+    the trained controls.
+
+    Returns :func:`measure`'s numbers with the solve's (:func:`run_record`: status, iterations,
+    iteration and compile times, losses, accuracy), and under ``"controls"`` the trained
+    controls themselves (not JSON-able; the study drops them).
+    """
+    if controls is None:
+        controls = problem.init_controls(jax.random.PRNGKey(seed), scale=init_scale)
+    result = solve(solver, problem, controls, max_iters=max_iters, seed=seed, test=test, progress=False)
+    out = {**measure(problem, result.controls, eps=eps), **run_record(result.status, result.info)}
+    out["controls"] = result.controls
     return out
 
 
@@ -173,9 +189,18 @@ def depth_study(factory: Factory, solver, horizons: Sequence[float], *, step: fl
         runs.append(run)
         if callback is not None:
             callback(run)
+    return study_summary(runs, step=step, fixed_T=fixed_T, tracking=tracking, eps=eps, warm_start=warm_start)
+
+
+def study_summary(runs: list, *, step: float, fixed_T: float | None, tracking: float, eps: float,
+                  warm_start: bool = False) -> dict:
+    """One sweep's summary from its runs' records (:func:`train_and_measure`'s, in horizon
+    order): ``{"mode", "warm_start", "step", "fixed_T", "tracking", "eps", "runs", "slope",
+    "slope_against"}``, the slope of ``log`` training error against ``log T`` (or ``log N`` at a
+    fixed ``T``)."""
     against = "N" if fixed_T is not None else "T"
     return {
-        "mode": mode, "warm_start": bool(warm_start),
+        "mode": "fixed_T" if fixed_T is not None else "fixed_h", "warm_start": bool(warm_start),
         "step": float(step), "fixed_T": fixed_T, "tracking": float(tracking), "eps": eps,
         "runs": runs,
         "slope": loglog_slope([r[against] for r in runs], [r["training_error"] for r in runs]),

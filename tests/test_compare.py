@@ -91,14 +91,20 @@ def test_cli_compare_prints_one_table_and_writes_the_files(tmp_path, capsys):
 
 
 def test_cli_passes_the_msa_options():
+    import studies
+    from controlnet_cli.sweep import solver_spec
+
     parser = cli.build_parser()
     base = ["compare", "--out", "unused", "--rho", "4", "--inner-steps", "3", "--inner-lr", "0.2",
             "--batch-size", "16"]
     args = parser.parse_args(base)
-    emsa = cli._solver_from_args(argparse.Namespace(**{**vars(args), "solver": "emsa"}))
+    ns = lambda a, name: argparse.Namespace(**{**vars(a), "solver": name})  # noqa: E731
+    emsa = cli.solver_from_args(ns(args, "emsa"))
     assert (emsa.rho, emsa.inner_steps, emsa.inner_lr, emsa.batch_size) == (4.0, 3, 0.2, 16)
-    basic = cli._solver_from_args(argparse.Namespace(**{**vars(args), "solver": "msa"}))
+    basic = cli.solver_from_args(ns(args, "msa"))
     assert (basic.name, basic.inner_steps, basic.inner_lr) == ("msa", 3, 0.2)
-    default = cli._solver_from_args(argparse.Namespace(**{**vars(parser.parse_args(["compare", "--out", "u"])),
-                                                        "solver": "emsa"}))
+    # the compare command's runs get them through their run specs: the same solvers
+    assert studies.make_solver(solver_spec(ns(args, "emsa"), "emsa")) == emsa
+    assert studies.make_solver(solver_spec(ns(args, "msa"), "msa")) == basic
+    default = cli.solver_from_args(ns(parser.parse_args(["compare", "--out", "u"]), "emsa"))
     assert default == solvers.make_solver("emsa")
