@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import problems  # noqa: E402
 import solvers  # noqa: E402
 from controlnet import diagnostics as dg  # noqa: E402
 from controlnet import plotting  # noqa: E402
+from controlnet.io import atomic_write, to_json  # noqa: E402
 from solvers.depth_study import depth_vs_turnpike, regularization_sweep  # noqa: E402
 
 
@@ -135,16 +135,8 @@ def main():
         fig.savefig(args.out / name, dpi=110)
     plt.close("all")
 
-    def clean(v):
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    (args.out / "summary.json").write_text(json.dumps(clean(summary), indent=1))
+    text = to_json(summary, indent=1)
+    atomic_write(args.out / "summary.json", lambda f: f.write(text.encode()))
     print(f"wrote {args.out}/summary.json and pictures")
 
 

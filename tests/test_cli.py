@@ -214,10 +214,12 @@ def test_fuzz_lists_never_traceback(command, entries, equals, tmp_path, capsys, 
     """Any --horizons / --solvers value: one line and exit 2, or (a valid list) the work starts."""
     import solvers.compare
     import solvers.depth_study
+    import studies
 
     monkeypatch.setattr(solvers.depth_study, "depth_study", _start_of_work)
     monkeypatch.setattr(solvers.depth_study, "depth_vs_turnpike", _start_of_work)
     monkeypatch.setattr(solvers.compare, "compare", _start_of_work)
+    monkeypatch.setattr(studies, "sweep", _start_of_work)
     option, base = ("--horizons", TURNPIKE) if command == "turnpike" else ("--solvers", COMPARE)
     value = ",".join(entries)
     arg = [f"{option}={value}"] if equals else [option, value]
@@ -233,9 +235,11 @@ def test_a_valid_list_reaches_the_work(argv, tmp_path, monkeypatch):
     """The fuzz test's other branch is reachable: a valid list starts the work."""
     import solvers.compare
     import solvers.depth_study
+    import studies
 
     monkeypatch.setattr(solvers.depth_study, "depth_study", _start_of_work)
     monkeypatch.setattr(solvers.compare, "compare", _start_of_work)
+    monkeypatch.setattr(studies, "sweep", _start_of_work)
     with pytest.raises(_WorkStarted):
         cli.main([str(a) for a in argv + ["--out", tmp_path / "out"]])
 
