@@ -39,11 +39,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="notebook file names (default: all)")
     ap.add_argument("--small", action="store_true", help="test sizes")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds one cell may take (default 900)")
     args = ap.parse_args()
+    if args.timeout <= 0:
+        ap.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
     paths = [ROOT / n for n in args.names] if args.names else sorted(ROOT.glob("*.ipynb"))
     for path in paths:
         t = time.perf_counter()
-        nb = execute(path, small=args.small)
+        nb = execute(path, small=args.small, timeout=args.timeout)
         nbformat.write(nb, path)
         print(f"{path.name}: {time.perf_counter() - t:.1f} s, {path.stat().st_size / 1e6:.2f} MB")
 

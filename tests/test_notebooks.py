@@ -1,11 +1,15 @@
-"""Every tutorial notebook runs top to bottom (at test sizes), is committed with its outputs,
-stays under 2 MB, and is linked from the README."""
+"""Every tutorial notebook runs top to bottom (at test sizes) without a warning, is committed with
+its outputs (no warning, figures of at least 100 dpi), stays under 2 MB, and is linked from the
+README."""
 
+import base64
 import importlib.util
+import io
 import pathlib
 
 import nbformat
 import pytest
+from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -25,6 +29,13 @@ def test_notebook_executes_at_small_size(path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+    assert not _stderr(nb), "a warning (stderr) in the notebook's output"
+
+
+def _stderr(nb):
+    """The text every code cell wrote to stderr (warnings, a progress bar's lines)."""
+    return [o["text"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.get("output_type") == "stream" and o.get("name") == "stderr"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -35,6 +46,10 @@ def test_committed_notebook_has_outputs_and_is_small(path):
     assert code and all(c.get("execution_count") for c in code), "commit the notebook executed"
     images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "the committed notebook shows no picture"
+    assert not _stderr(nb), f"a warning in the committed outputs: {_stderr(nb)[0][:300]}"
+    for o in images:
+        dpi = Image.open(io.BytesIO(base64.b64decode(o["data"]["image/png"]))).info.get("dpi", (0, 0))
+        assert min(dpi) >= 99.5, f"a figure at {dpi} dpi: set plt.rcParams['figure.dpi'] to 100 or more"
 
 
 def test_readme_links_every_notebook():
