@@ -25,6 +25,8 @@ recursion ``p_k = J_zΨ_kᵀ p_{k+1} − h∇_z L(z_k, w)``. Its options:
   then linearized at the given ``z_k`` while the co-state still runs through the scan's carry;
 - *tracking*: ``L`` enters as the cotangent ``−h∇_z L(z_k, w)`` of the states the scan returns,
   so the read-out ``w`` is needed only at the pull (MSA chooses it after the forward pass);
+  where ``w`` is known before the sweep (gradient descent), ``L(z_k, w)`` is a second output of
+  each layer instead, with cotangent ``−h``, so no state trajectory is kept for it;
 - *rematerialization*: each layer under ``jax.checkpoint`` keeps only its input state and is
   re-linearized in the backward pass (``VectorField.rematerialize``, the default: evaluating a
   dense field again is cheaper than storing its residuals), or keeps its residuals (a field
@@ -109,42 +111,50 @@ def _linearized_at_jvp(primals, tangents):
     return primals[1], tangents[0]
 
 
-def _sweep(problem, theta, z0T, *, states=None, keep_costates=False):
+def _sweep(problem, theta, z0T, *, states=None, keep_costates=False, w=None):
     """The co-state recursion (module doc): one ``jax.vjp`` of the forward scan from ``z0T``.
 
     ``states``: the layers' input states ``z_0..z_{n−1}`` in the scans' layout, to linearize
     at (default: computed by the scan). Returns ``(z_n, zs, pull)``: ``zs`` the layers' input
     states when kept (co-states or tracking), and ``pull(p_n, w) -> (p, J_θΨ_kᵀ p_{k+1} per
     layer, Σ_k ∇_w H_k or None, Σ_k L(z_k, w))``, ``p`` being ``p_0..p_{n−1}`` with
-    ``keep_costates``, else ``p_0``.
+    ``keep_costates``, else ``p_0``. With the read-out ``w`` known already (gradient descent),
+    tracking is evaluated inside each layer instead, so no state trajectory is kept for it
+    (``pull`` then ignores its ``w``).
     """
     tracking = "tracking" in problem.terms
-    keep_states = keep_costates or tracking or states is not None
+    inside = tracking and w is not None and states is None and not keep_costates
+    keep_states = keep_costates or (tracking and not inside) or states is not None
     remat = jax.checkpoint if problem.dynamics.rematerialize else (lambda f: f)
     n = jax.tree_util.tree_leaves(theta)[0].shape[0]
     eps = jnp.zeros((n,) + z0T.shape, z0T.dtype) if keep_costates else None
 
-    def flow(z0, th, eps):
+    def flow(z0, th, eps, w):
         @remat
         def layer(z, x):
             t, e, given = x
             z = z if given is None else _linearized_at(z, given)
             z = z if e is None else z + e
-            return scan_step(problem, z, t), (z if keep_states else None)
+            L = problem.tracking_cost(from_scan(problem, z), w) if inside else None
+            return scan_step(problem, z, t), ((z if keep_states else None), L)
 
         return jax.lax.scan(layer, z0, (th, eps, states))
 
-    (zNT, zsT), vjp = jax.vjp(flow, z0T, theta, eps)
+    (zNT, (zsT, Ls)), vjp = jax.vjp(flow, z0T, theta, eps, w if inside else None)
 
     def pull(pT, w):
         track, pulled_w, states_ct = 0.0, None, None if zsT is None else jnp.zeros_like(zsT)
+        if inside:
+            track = jnp.sum(Ls)
+            p0T, pulled_th, p_eps, pulled_w = vjp((pT, (states_ct, jnp.full_like(Ls, -problem.h))))
+            return p0T, pulled_th, pulled_w, track
         if tracking:
             # Σ_k L(z_k, w), ∇_z L(z_k, w) for every k and Σ_k ∇_w L from one gradient of Σ_k L.
             zs = stack_from_scan(problem, zsT)
             track, (dL, dw) = jax.value_and_grad(_tracking_over, argnums=(1, 2))(problem, zs, w)
             states_ct = -problem.h * stack_to_scan(problem, dL)
             pulled_w = _tree_map(lambda g: -problem.h * g, dw)
-        p0T, pulled_th, p_eps = vjp((pT, states_ct))
+        p0T, pulled_th, p_eps, _ = vjp((pT, (states_ct, None)))
         return (p_eps if keep_costates else p0T), pulled_th, pulled_w, track
 
     return zNT, zsT, pull
@@ -277,7 +287,7 @@ def _blocked_pull(problem, theta, w, z0T, nb, B):
     def pull(pT, w):
         def bwd_block(p_next, inputs):
             z_start, th = inputs
-            p, g_th, g_w, track = _sweep(problem, th, z_start)[2](p_next, w)
+            p, g_th, g_w, track = _sweep(problem, th, z_start, w=w)[2](p_next, w)
             return p, (g_th, g_w, track)
 
         p0T, (pulled_th, pulled_w, tracks) = jax.lax.scan(bwd_block, pT, (starts, theta_b), reverse=True)
@@ -301,7 +311,7 @@ def value_and_gradient(problem, controls, *, block=None):
     theta, w = controls.theta, controls.w
     z0T = to_scan(problem, problem.z0(controls.lift))
     if block is None:
-        zNT, _, pull = _sweep(problem, theta, z0T)
+        zNT, _, pull = _sweep(problem, theta, z0T, w=w)
     else:
         zNT, pull = _blocked_pull(problem, theta, w, z0T, nb, B)
     zN = from_scan(problem, zNT)

@@ -36,5 +36,6 @@ def _pair(test):
     """``(x, y)`` from a test split, or a ``TypeError`` saying what to pass."""
     if not isinstance(test, (tuple, list)) or len(test) != 2:
         raise TypeError(f"test must be a pair (x, y) of inputs and labels, got {type(test).__name__}"
-                        + (f" of length {len(test)}" if isinstance(test, (tuple, list)) else ""))
+                        + (f" of length {len(test)}" if isinstance(test, (tuple, list)) else "")
+                        + "; pass test=(x, y)")
     return test

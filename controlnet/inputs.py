@@ -50,7 +50,7 @@ def check_finite(arr: np.ndarray, name: str) -> None:
     ``jax_enable_x64``."""
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         bad = int(np.sum(~np.isfinite(arr)))
-        raise ValueError(f"{name} holds {bad} NaN or Inf values; clean or drop those samples")
+        raise ValueError(f"{name} holds NaN or Inf values ({bad} of them); clean or drop those samples")
     magnitude = np.abs(arr.astype(np.float64))
     largest = float(magnitude.max(initial=0.0))
     dtype = computation_dtype()

@@ -235,7 +235,7 @@ class ControlProblem:
         ``what`` names the split in the messages."""
         xa = inputs.real_array(x, f"{what} x", "rows of features")
         if xa.ndim != self.x.ndim or xa.shape[1:] != self.x.shape[1:]:
-            raise ValueError(f"{what} x has shape {xa.shape}, but the training data's samples have shape "
+            raise ValueError(f"{what} x has shape {xa.shape}, but the training samples have shape "
                              f"{tuple(self.x.shape[1:])}: pass x of shape (samples, "
                              f"{', '.join(map(str, self.x.shape[1:]))})")
         inputs.check_finite(xa, f"{what} x")

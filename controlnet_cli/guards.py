@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .arguments import UsageError
+from .lock import check_free
 
 __all__ = ["check_out", "previous_work", "check_problem_options", "check_size", "check_layers",
            "available_memory", "state_bytes", "MAX_LAYERS", "RESULT_FILES"]
@@ -51,6 +52,7 @@ def check_out(out: Path, *, overwrite: bool, can_resume: bool):
         raise UsageError("--out is empty; pass the directory to write into, e.g. --out runs/first")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory; pick another path")
+    check_free(out)
     held = previous_work(out)
     if held is not None and not overwrite:
         cont = f"--resume {out} to continue it, " if can_resume else ""

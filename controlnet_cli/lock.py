@@ -30,7 +30,7 @@ from controlnet.io import tidy
 
 from .arguments import UsageError
 
-__all__ = ["LOCK_NAME", "output_lock", "read_lock"]
+__all__ = ["LOCK_NAME", "output_lock", "read_lock", "check_free"]
 
 LOCK_NAME = ".controlnet.lock"
 
@@ -82,6 +82,23 @@ def _acquire(out: Path, lock: Path) -> int:
             return fd
         os.close(fd)  # the previous holder removed this file as it let go: open the new one
     raise UsageError(f"could not take the lock {lock}; other processes keep taking it; pick another --out")
+
+
+def check_free(out: Path) -> None:
+    """Raise :class:`UsageError`, naming the holder, if another process holds the lock of ``out``
+    (a probe that creates nothing: the folder's other checks come after it, so a busy folder is
+    reported as busy rather than by what its holder is writing)."""
+    lock = Path(out) / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(Path(out), lock) from None
+    finally:
+        os.close(fd)  # closing releases the probe's shared lock
 
 
 @contextlib.contextmanager

@@ -111,16 +111,29 @@ def run(args):
     controls = init(task.problem, jax.random.PRNGKey(args.seed))
     with output_lock(out, "train"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        if args.overwrite and (out / "checkpoint.npz").exists():
-            (out / "checkpoint.npz").unlink()  # the replaced run's: it must not be resumed later
+        old = _file_id(out / "checkpoint.npz") if args.overwrite else None
         result = solvers.solve(solver, task.problem, controls, seed=args.seed, max_iters=args.iters,
                                max_seconds=args.seconds, test=task.test, progress=False if args.quiet else None,
                                checkpoint=None if one_solve else out / "checkpoint.npz",
                                checkpoint_every=args.checkpoint_every,
                                resume=resume, checkpoint_meta={"cli": config_of(args)})
         result.save(out)
+        if old is not None and _file_id(out / "checkpoint.npz") == old:
+            # The replaced run's checkpoint, which this run did not write over (one-shot solver,
+            # divergence): it must not be resumed later. Removed only once the new result is
+            # saved, so a failed run leaves the old result and checkpoint as they were.
+            (out / "checkpoint.npz").unlink()
         _save_pictures(out, task, result, animate=args.animate)
     return _report(args, out, result, one_solve, _divergence(caught))
+
+
+def _file_id(path: Path):
+    """``(device, inode, mtime)`` of ``path``, ``None`` if absent: whether a file was replaced."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def _divergence(caught) -> str | None:

@@ -167,8 +167,9 @@ def normalize(spec: dict) -> dict:
 
 
 def _gradient_descent(options: dict, max_iters: int):
-    """Today's :class:`solvers.GradientDescent` takes an optax transformation: build Adam from
-    ``lr`` and ``schedule`` (the one place to adapt once the solver has a learning-rate leaf)."""
+    """Gradient descent with a learning-rate *schedule* (``schedule="cosine"``, ending at
+    ``floor × lr``): Adam on the schedule, an optax transformation (a schedule is a function of
+    the step count, not a number, so it is structure: each one compiles once)."""
     cls = solvers.SOLVERS["gd"]
     fields = sorted({f.name for f in dataclasses.fields(cls) if f.init} - {"optimizer"} | {"lr", "schedule", "floor"})
     for k in options:
@@ -193,8 +194,7 @@ def _gradient_descent(options: dict, max_iters: int):
 @functools.lru_cache(maxsize=256)
 def _cached_solver(text: str, max_iters: int):
     options = json.loads(text)
-    gd = {f.name for f in dataclasses.fields(solvers.SOLVERS["gd"])}
-    if options["name"] == "gd" and "lr" not in gd:
+    if options["name"] == "gd" and ("schedule" in options or "floor" in options):
         return _gradient_descent(options, max_iters)
     return from_json(solvers.SOLVERS, options)
 

@@ -115,9 +115,9 @@ def test_a_lock_file_left_by_a_killed_command_is_no_lock(tmp_path, capsys):
     assert not (out / LOCK_NAME).exists() and not list(out.glob(TEMP_PREFIX + "*"))
     assert (out / "notes.tmp").read_text() == "mine" and cn.Result.load(out).info["iterations"] == 2
     write_lock(out, dead_pid())
-    assert cli.main([str(a) for a in TINY + ["--out", out]]) == 0
+    assert cli.main([str(a) for a in TINY + ["--out", out, "--overwrite"]]) == 0
     (out / LOCK_NAME).write_text("")  # torn: killed between creating and writing it
-    assert cli.main([str(a) for a in TINY + ["--out", out]]) == 0
+    assert cli.main([str(a) for a in TINY + ["--out", out, "--overwrite"]]) == 0
     assert not (out / LOCK_NAME).exists() and (out / "notes.tmp").read_text() == "mine"
 
 
@@ -138,7 +138,7 @@ def test_a_write_that_fails_for_lack_of_space_names_the_file_and_keeps_the_old_r
     assert cli.main([str(a) for a in TINY + ["--out", out]]) == 0
     capsys.readouterr()
     before = files(out)
-    proc = limited_child([a if a != "2" else "3" for a in TINY] + ["--out", out], 1024)
+    proc = limited_child([a if a != "2" else "3" for a in TINY] + ["--out", out, "--overwrite"], 1024)
     _, stderr = proc.communicate(timeout=300)
     lines = stderr.strip().split("\n")
     assert proc.returncode == 2, stderr

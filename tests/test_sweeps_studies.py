@@ -187,10 +187,11 @@ def test_spec_gd_floor_and_squared_loss():
     spec = {"problem": {"name": "ring", "samples": 8, "layers": 2, "loss": "squared"},
             "solver": {"name": "gd", "lr": 0.1, "schedule": "cosine", "floor": 0.01}, "budget": {"max_iters": 10}}
     solver = studies.make_solver(studies.normalize(spec)["solver"], 10)
-    state = solver.optimizer.init({"w": jnp.zeros(1)})
+    tx = solver.optimizer.build(solver.lr)  # the optax transformation gradient descent runs
+    state = tx.init({"w": jnp.zeros(1)})
     updates = {"w": jnp.ones(1)}
     for _ in range(11):  # the 11th step is past the end of the schedule: Adam moves by floor·lr
-        step, state = solver.optimizer.update(updates, state)
+        step, state = tx.update(updates, state)
     assert float(step["w"][0]) == pytest.approx(-0.1 * 0.01, rel=1e-6)
     built = studies.build(spec)
     assert isinstance(built.task.problem.loss, cn.SquaredError) and built.task.problem.y.shape == (8, 1)
