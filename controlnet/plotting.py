@@ -39,11 +39,34 @@ def _layer_panels(zs, y, layers, title_of, size, grid=None):
             ax.plot(*line[:, : 3 if three else 2].T, color="0.6", lw=0.5)
         z = zs[k]
         coords = (z[:, 0], z[:, 1], z[:, 2]) if three else (z[:, 0], z[:, 1] if d > 1 else np.zeros(len(z)))
-        ax.scatter(*coords, c=y, cmap="coolwarm", s=6, vmin=y.min(), vmax=y.max())
+        points = ax.scatter(*coords, c=y, cmap="coolwarm", s=6, vmin=y.min(), vmax=y.max())
         ax.set_title(title_of(k), fontsize=10)
-        if not three:
+        ax.set_xlabel("z₁")
+        ax.set_ylabel("z₂")
+        if three:
+            ax.set_zlabel("z₃")
+            ax.set_box_aspect(None, zoom=0.8)  # room for the tick labels tight_layout ignores in 3-D
+        else:
             ax.set_aspect("equal", adjustable="datalim")
+        if j == 0:
+            _class_legend(ax, points, y)
     return fig
+
+
+def _class_legend(ax, points, y):
+    """A legend of the classes (a few distinct labels: not for a regression's targets)."""
+    classes = np.unique(y)
+    if len(classes) <= 10 and np.all(classes == np.round(classes)):
+        handles, _ = points.legend_elements()
+        ax.legend(handles, [f"class {int(c)}" for c in classes], fontsize=7, loc="best")
+
+
+def _layout(fig):
+    """``tight_layout``, or for 3-D panels (whose tick labels it ignores) fixed margins."""
+    if any(getattr(ax, "name", "") == "3d" for ax in fig.axes):
+        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.05, top=0.88, wspace=0.15)
+    else:
+        fig.tight_layout()
 
 
 def plot_flow(zs, y, layers=None, *, T: float | None = None, title: str | None = None):
@@ -60,7 +83,7 @@ def plot_flow(zs, y, layers=None, *, T: float | None = None, title: str | None =
                         3.6)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -138,7 +161,7 @@ def plot_flow_grid(problem, controls, layers=None, *, lines: int = 11, points: i
     fig = _layer_panels(zs, y, layers, lambda k: f"layer {k}, t = {k * float(problem.T) / N:.2g}", 3.8, zg)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -180,9 +203,13 @@ def plot_decision_regions(problem, controls, layers=None, *, resolution: int = 1
             ax.contourf(X, Y, V, levels=21, cmap="coolwarm", vmin=level - span, vmax=level + span, alpha=0.6)
             if V.min() < level < V.max():
                 ax.contour(X, Y, V, levels=[level], colors="k", linewidths=1)
-        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=5, edgecolors="none")
+        points = ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=5, edgecolors="none")
         ax.set_title(f"read-out at layer {k}", fontsize=10)
+        ax.set_xlabel("x₁")
+        ax.set_ylabel("x₂")
         ax.set_aspect("equal")
+        if k == layers[0]:
+            _class_legend(ax, points, y)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
