@@ -58,6 +58,7 @@ _WEIGHTS = ("l2", "l1", "smoothness", "tracking", "readout_l2", "lift_l2")
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class ControlProblem:
     """A training problem as a discrete optimal control problem (formulas in the module doc).
 

@@ -38,7 +38,9 @@ def is_static(field: dataclasses.Field) -> bool:
 
 
 def pytree_dataclass(cls=None, *, frozen: bool = True):
-    """Make ``cls`` a (frozen) dataclass and register it as a pytree.
+    """Make ``cls`` a (frozen) dataclass and register it as a pytree (``cls`` may already be one:
+    stacking ``@dataclasses.dataclass(frozen=True)`` under it lets documentation tools see the
+    fields as the constructor's parameters).
 
     Fields declared with :func:`static_field` are the tree's auxiliary data; every other field
     (``init=False`` ones included) is a child. ``ClassVar`` attributes are not fields.

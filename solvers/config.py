@@ -47,11 +47,12 @@ class Budget:
         tol: stop once ``info["grad_norm"] <= tol`` (``"converged"``); the direct solver passes
             it to IPOPT as its tolerance on the scaled KKT error.
         target_loss: stop once the loss is ``<= target_loss`` (``"target"``).
-        divergence_factor, divergence_patience: stop with ``"diverged"`` once the loss has been
-            above ``divergence_factor`` times its best (and above its first value) for
+        divergence_factor: stop with ``"diverged"`` once the loss has been above
+            ``divergence_factor`` times its best (and above its first value) for
             ``divergence_patience`` consecutive iterations, keeping the best iterate
-            (:mod:`solvers.divergence`); ``divergence_factor=None`` turns this off. A non-finite
-            number stops a solve whatever these say.
+            (:mod:`solvers.divergence`); ``None`` turns this off. A non-finite number stops a
+            solve whatever these say.
+        divergence_patience: the number of consecutive iterations of that test.
 
     ``max_seconds=math.inf`` is no limit, as ``None`` is.
     """

@@ -27,6 +27,8 @@ Logged: ``loss``, ``accuracy``, ``grad_norm`` (of ``J`` at the incoming iterate)
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -68,6 +70,7 @@ def _is_discrete(leaf):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class DiscreteMSA:
     """Binary or ternary weights by MSA's sign / threshold rule (module doc).
 

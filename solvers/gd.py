@@ -16,6 +16,8 @@ optimizer's numbers are pytree leaves, so a sweep over them compiles one program
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Any, ClassVar, NamedTuple
 
@@ -66,6 +68,7 @@ class Optimizer(Family):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015): ``optax.adam(lr, b1, b2, eps)``; ``b1, b2, eps`` are leaves."""
 
@@ -84,6 +87,7 @@ class Adam(Optimizer):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class SGD(Optimizer):
     """Stochastic gradient descent, ``θ ← θ − lr·g`` (heavy-ball ``momentum`` when given, a leaf;
     ``nesterov`` is structure): ``optax.sgd(lr, momentum, nesterov)``."""
@@ -106,6 +110,7 @@ class SGD(Optimizer):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class Transformation(Optimizer):
     """Any optax transformation, as given (``GradientDescent(optax.adam(schedule))``).
 
@@ -126,6 +131,7 @@ class Transformation(Optimizer):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class GradientDescent:
     """Gradient descent with an optimizer (Adam with learning rate ``lr = 1e-2`` by default).
 

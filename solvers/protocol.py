@@ -29,6 +29,8 @@ with what to pass instead.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
@@ -89,6 +91,7 @@ def solver_kind(solver) -> type:
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class Whole:
     """A solver that is not a pytree (a plain frozen dataclass), carried as structure: each
     distinct (equal-comparing) value compiles its own program."""

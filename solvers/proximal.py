@@ -24,6 +24,8 @@ can be observed rather than approximated.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import ClassVar, NamedTuple
 
@@ -81,6 +83,7 @@ def _dot(a, b):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class ProximalGradient:
     """Proximal gradient descent (ISTA) with a backtracking step; module doc.
 

@@ -51,7 +51,7 @@ def _names_used(code: str) -> set[str]:
 
 def test_the_pages_have_python_blocks():
     counts = {p.name: len(python_blocks(p)) for p in PAGES}
-    assert counts["README.md"] >= 1 and counts["usage.md"] >= 5 and counts["architecture.md"] == 3, counts
+    assert counts["README.md"] >= 1 and counts["usage.md"] >= 5 and counts["architecture.md"] >= 3, counts
 
 
 def _run_page(path: Path, tmp_path, monkeypatch, *, slow: bool):

@@ -19,6 +19,8 @@ solver it is given, so each number lives in one place.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import ClassVar
 
 import jax
@@ -52,6 +54,7 @@ class InnerGradient(Family):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class ClosedFormGradient(InnerGradient):
     """The closed form registered for the problem's integrator and field, else autodiff."""
 
@@ -59,6 +62,7 @@ class ClosedFormGradient(InnerGradient):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class AutodiffGradient(InnerGradient):
     """Automatic differentiation (forward over reverse) for every field."""
 
@@ -88,6 +92,7 @@ class InnerMethod(Family):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class OptaxAscent(InnerMethod):
     """``inner_steps`` (default 3) safeguarded steps of the solver's inner optimizer
     (:func:`~.ascent.maximize_hamiltonians`), starting from the carried ``η`` and optimizer
@@ -107,6 +112,7 @@ class OptaxAscent(InnerMethod):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class Newton(InnerMethod):
     """A safeguarded Newton step per layer, its Hessian at ``θ^j`` estimated on
     ``hessian_samples`` of the samples (:func:`~.newton.subsample`); ``inner_steps`` (default
@@ -133,6 +139,7 @@ class Newton(InnerMethod):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class Ipopt(InnerMethod):
     """Every layer to IPOPT's tolerance with CasADi (:func:`solvers.msa_exact.maximize_exactly`;
     small problems, smooth ``R``)."""
@@ -148,6 +155,7 @@ class Ipopt(InnerMethod):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class Auto(InnerMethod):
     """:class:`Newton` where its Hessian has a closed form for the problem (with
     ``inner_gradient="closed_form"``), a layer has at most :data:`NEWTON_AUTO_MAX_PARAMS`

@@ -14,6 +14,8 @@ How a solver updates ``w`` is a strategy object of the family :class:`ReadoutMet
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import ClassVar
 
 import jax
@@ -84,6 +86,7 @@ class ReadoutMethod(Family):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class NewtonReadout(ReadoutMethod):
     """A safeguarded Newton step on ``J_w`` (:func:`readout_newton`) *before* the co-states are
     computed (Gauss-Seidel order: the co-states belong to the read-out that is kept)."""
@@ -92,6 +95,7 @@ class NewtonReadout(ReadoutMethod):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class GradientReadout(ReadoutMethod):
     """One step of the solver's ``readout_optimizer`` along ``∇_w J``, simultaneous with ``θ``."""
 
@@ -99,6 +103,7 @@ class GradientReadout(ReadoutMethod):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class AutoReadout(ReadoutMethod):
     """:class:`NewtonReadout` up to :data:`READOUT_NEWTON_MAX_PARAMS` read-out parameters, else
     :class:`GradientReadout`."""

@@ -9,6 +9,8 @@ when the solver is built, where every option is checked.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable, ClassVar
 
 import jax
@@ -26,6 +28,7 @@ __all__ = ["MSAOptions", "ExtendedMSA", "MSA", "Schedule"]
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class Schedule:
     """``ρ`` as a schedule ``j ↦ ρ_j`` (any callable of the outer iteration count, e.g.
     ``optax.linear_schedule(20.0, 5.0, 50)``): structure, not data, so it holds no leaf."""
@@ -67,6 +70,7 @@ def _positive(value, name: str, hint: str = "") -> None:
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class MSAOptions:
     """The options every MSA solver shares (documented on :class:`ExtendedMSA`)."""
 
@@ -105,6 +109,7 @@ class MSAOptions:
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class ExtendedMSA(MSAOptions):
     """Extended MSA: ascend the augmented Hamiltonian ``H̃_k`` (:mod:`solvers.msa`) for every
     layer at once.
@@ -191,6 +196,7 @@ class ExtendedMSA(MSAOptions):
 
 
 @pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class MSA(MSAOptions):
     """Basic MSA: ascend ``H_k`` itself (``ρ = 0``); options as in :class:`ExtendedMSA`.
 
