@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 
 from .arguments import UsageError, batch_size, finite_float, positive_float
 
-__all__ = ["SHARED", "PARSE", "SolverOption", "solver_options", "add_solver_options", "check_applicable",
+__all__ = ["SHARED", "PARSE", "SolverOption", "solver_options", "add_solver_options", "check_applicable", "solver_mapping",
            "build_solver", "given_solver_options", "solver_name", "add_solver_choice", "solver_from_args"]
 
 #: Flags that only these solvers' fields take: flag -> {solver name: field}. ``--lr`` is a
@@ -238,6 +238,19 @@ def check_applicable(given: dict, options: list[SolverOption], names: list[str],
                              f"{', '.join(owners)}; drop {flag} or choose one of those solvers{hint}")
 
 
+def solver_mapping(name: str, given: dict, defaults: dict, options: list[SolverOption]) -> dict:
+    """``{"name": name, field: value, ...}``: the ``given`` options (``flag -> value``) solver
+    ``name`` has, and the problem's training ``defaults`` for the ones not given, by field name
+    (``--batch-size full`` is ``None``: the whole batch)."""
+    spec = {"name": name}
+    for o in options:
+        value = given.get(o.flag, defaults.get(o.flag))
+        value = None if o.flag == "--batch-size" and value == "full" else value
+        if name in o.fields and (o.flag in given or o.flag in defaults):
+            spec[o.fields[name]] = value
+    return spec
+
+
 def build_solver(name: str, given: dict, defaults: dict, options: list[SolverOption], *, iters: int,
                  floor: float = 0.0):
     """The solver ``name`` with the ``given`` options (``flag -> value``) it has, and the
@@ -250,12 +263,7 @@ def build_solver(name: str, given: dict, defaults: dict, options: list[SolverOpt
     import solvers
     from solvers.options import from_json
 
-    spec = {"name": name}
-    for o in options:
-        value = given.get(o.flag, defaults.get(o.flag))
-        value = None if o.flag == "--batch-size" and value == "full" else value
-        if name in o.fields and (o.flag in given or o.flag in defaults):
-            spec[o.fields[name]] = value
+    spec = solver_mapping(name, given, defaults, options)
     spec = _optimizer(solvers.SOLVERS[name], spec, "--schedule" in given, iters, floor)
     return from_json(solvers.SOLVERS, spec)
 
