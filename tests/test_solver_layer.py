@@ -64,6 +64,16 @@ def test_solves_differing_only_in_the_learning_rate_compile_once():
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
 
 
+def test_extended_msa_solves_differing_only_in_rho_compile_once():
+    """ρ and the inner learning rate are leaves of the solver the driver passes to its loop."""
+    run = lambda solver: solvers.solve(solver, P, C0, max_iters=4, progress=False)  # noqa: E731
+    first = run(solvers.ExtendedMSA(rho=5.0, inner="optax"))  # compiles, unless an earlier test did
+    other, n = _compiles(lambda: run(solvers.ExtendedMSA(rho=6.0, inner="optax", inner_lr=0.3)))
+    assert n == 0
+    assert other.history["rho"][0] == 6.0 and first.history["rho"][0] == 5.0
+    assert not np.array_equal(first.history["loss"][1:], other.history["loss"][1:])  # ρ reached the step
+
+
 def test_proximal_gradient_steps_compile_once():
     run = lambda lr, grow: solvers.solve(solvers.ProximalGradient(lr=lr, grow=grow), P, C0,  # noqa: E731
                                          max_iters=4, progress=False)
