@@ -66,8 +66,8 @@ wheel-check: $(STAMP)
 	$(WHEEL_VENV)/bin/python -m pip install --quiet dist/*.whl
 	here=$$(pwd) && cd "$$(mktemp -d)" && "$$here/$(WHEEL_VENV)/bin/controlnet" train --problem ring --samples 64 \
 		--iters 5 --quiet --out run && test -s run/result.json && test -s run/flow.png && \
-		"$$here/$(WHEEL_VENV)/bin/python" -c "import controlnet, controlnet_cli, problems, solvers; \
-		assert all('site-packages' in m.__file__ for m in (controlnet, controlnet_cli, problems, solvers)), controlnet.__file__; print('wheel OK:', controlnet.__file__)"
+		"$$here/$(WHEEL_VENV)/bin/python" -c "import controlnet, controlnet_cli, problems, solvers, studies; \
+		assert all('site-packages' in m.__file__ for m in (controlnet, controlnet_cli, problems, solvers, studies)), controlnet.__file__; print('wheel OK:', controlnet.__file__)"
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(WHEEL_VENV) dist runs site .pytest_cache
