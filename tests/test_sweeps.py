@@ -9,7 +9,6 @@ import time
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 import controlnet as cn
