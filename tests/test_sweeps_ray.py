@@ -17,6 +17,7 @@ import pytest
 import controlnet as cn
 import studies
 from studies.run import TMP_PREFIX
+from ray_nodes import RayNodes
 
 ray = pytest.importorskip("ray")
 
@@ -72,7 +73,7 @@ def test_a_local_ray_sweep_equals_the_serial_one(reference, tmp_path):
 
 
 # -- slow: a cluster of two nodes, and faults ------------------------------------------------------
-LONG = studies.grid({**BASE, "budget": {"max_iters": 4000}},
+LONG = studies.grid({**BASE, "budget": {"max_iters": 20000}},
                     {"problem.horizon": [1.0, 2.0, 3.0, 4.0], "seed": [0, 1, 2]})
 
 
@@ -83,29 +84,19 @@ def long_reference(tmp_path_factory):
 
 
 @pytest.fixture
-def cluster(monkeypatch):
-    import ray._private.services as services
-    from ray.cluster_utils import Cluster
-
-    # Ray takes the address it reaches the internet from as the node's; keep it on the loopback.
-    monkeypatch.setattr(services, "get_node_ip_address", lambda address=None: "127.0.0.1")
-    node = {"num_cpus": 1, "object_store_memory": 80 * 2**20, "node_ip_address": "127.0.0.1"}
-    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    c.add_node(**node)  # a second raylet: a second node, on the loopback address
-    c.wait_for_nodes()
-    assert c.address.startswith("127.0.0.1:")
-    try:
-        yield c
-    finally:
+def cluster():
+    """A head and a worker node started as separate ``ray start`` processes, each with its own
+    temp dir (:class:`ray_nodes.RayNodes`); the sweeps join it by address."""
+    with RayNodes(nodes=2) as address:
+        yield address
         if ray.is_initialized():
             ray.shutdown()
-        c.shutdown()
 
 
 @pytest.mark.slow
 def test_two_nodes_joined_by_address_equal_serial(cluster, reference, tmp_path):
     out = tmp_path / "two"
-    summary = studies.sweep(SPECS, out, executor=studies.RayExecutor(address=cluster.address), progress=False)
+    summary = studies.sweep(SPECS, out, executor=studies.RayExecutor(address=cluster), progress=False)
     assert results(summary) == results(reference[1])
     assert_same_runs(out, reference[0])
     finished_once(out, SPECS)
@@ -116,7 +107,7 @@ def _kill_workers(out, kills, stop):
     are in the journal's ``started`` lines: processes of the test's own cluster)."""
     rng = random.Random(0)
     while len(kills) < 5 and not stop.is_set():
-        time.sleep(rng.uniform(0.2, 1.0))
+        time.sleep(rng.uniform(0.1, 0.6))
         path = out / "journal.jsonl"
         if not path.is_file():
             continue
@@ -143,7 +134,7 @@ def test_killed_workers_are_retried_to_the_same_summary(cluster, long_reference,
     killer = threading.Thread(target=_kill_workers, args=(out, kills, stop))
     killer.start()
     try:
-        summary = studies.sweep(LONG, out, executor=studies.RayExecutor(address=cluster.address, max_retries=20),
+        summary = studies.sweep(LONG, out, executor=studies.RayExecutor(address=cluster, max_retries=20),
                                 progress=False)
     finally:
         stop.set()
@@ -165,9 +156,8 @@ studies.sweep(specs, sys.argv[2], executor=studies.RayExecutor(address=sys.argv[
 @pytest.mark.slow
 def test_a_killed_driver_then_a_rerun_give_the_uninterrupted_summary(cluster, long_reference, tmp_path):
     out = tmp_path / "driver"
-    argv = [sys.executable, "-c", DRIVER, cluster.address, str(out), json.dumps(LONG)]
-    # Ray's own switch to take the loopback address as this machine's (set in this process above)
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    argv = [sys.executable, "-c", DRIVER, cluster, str(out), json.dumps(LONG)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the cluster's (ray_nodes.ENV)
     driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 240
     while time.time() < deadline and driver.poll() is None:
