@@ -30,12 +30,15 @@ __all__ = ["depth_study", "depth_specs", "measure_run"]
 
 def depth_specs(problem: str = "ring", horizons=(1.0, 2.0, 4.0, 8.0), *, step: float = 0.25, seeds=(0,),
                 solver="gd", tracking: float = 0.0, max_iters: int = 1000, init_scale: float = 0.1,
-                precision: str = "float32", problem_options: dict | None = None) -> list[dict]:
-    """The run specs of :func:`depth_study`: one per ``(T, N = round(T/h))`` and seed."""
+                precision: str = "float32", problem_options: dict | None = None,
+                fixed_T: float | None = None) -> list[dict]:
+    """The run specs of :func:`depth_study`: one per ``(T, N = round(T/h))`` and seed; with
+    ``fixed_T`` every run has horizon ``fixed_T`` and ``N = round(T_j/h)`` layers (depth at a
+    fixed horizon, :func:`solvers.depth_study.horizon_grid`)."""
     base = {"problem": {"name": problem, **(problem_options or {}), "tracking": float(tracking)},
             "solver": solver, "budget": {"max_iters": max_iters}, "init_scale": init_scale,
             "precision": precision}
-    pairs = [(T, N) for T, N in horizon_grid(horizons, step)]
+    pairs = [(T, N) for T, N in horizon_grid(horizons, step, fixed_T)]
     return grid(base, {("problem.horizon", "problem.layers"): pairs, "seed": list(seeds)})
 
 
@@ -61,7 +64,7 @@ def depth_study(out, problem: str = "ring", horizons=(1.0, 2.0, 4.0, 8.0), *, st
                 eps: float = 0.1, executor=None, progress: bool | None = None, **options) -> dict:
     """Sweep ``T`` at the fixed step ``step`` over ``seeds`` (module doc); ``options`` go to
     :func:`depth_specs` (``solver``, ``tracking``, ``max_iters``, ``init_scale``, ``precision``,
-    ``problem_options``). Returns and writes ``OUT/turnpike.json``: ``{"step", "eps",
+    ``problem_options``, ``fixed_T``: then the slope is against ``log N``). Returns and writes ``OUT/turnpike.json``: ``{"step", "eps",
     "seeds": {seed: {"runs": [...by T], "slope", "slope_against": "T"}}, "slope_mean"}``."""
     import matplotlib
 
@@ -76,19 +79,20 @@ def depth_study(out, problem: str = "ring", horizons=(1.0, 2.0, 4.0, 8.0), *, st
         folder = run_dir(out, spec)
         if (folder / "result.json").is_file():
             per_seed.setdefault(spec["seed"], []).append(measure_run(folder, eps))
-    studies = {}
+    studies, against = {}, "T" if options.get("fixed_T") is None else "N"
     for seed, runs in sorted(per_seed.items()):
-        runs.sort(key=lambda r: r["T"])
-        studies[str(seed)] = {"runs": runs, "slope_against": "T",
-                              "slope": loglog_slope([r["T"] for r in runs], [r["training_error"] for r in runs])}
+        runs.sort(key=lambda r: r[against])
+        studies[str(seed)] = {"runs": runs, "slope_against": against,
+                              "slope": loglog_slope([r[against] for r in runs], [r["training_error"] for r in runs])}
     slopes = [s["slope"] for s in studies.values() if math.isfinite(s["slope"])]
     summary = {"step": float(step), "eps": eps, "seeds": studies,
                "slope_mean": float(np.mean(slopes)) if slopes else None}
     atomic_write(out / "turnpike.json", lambda f: f.write(to_json(summary, indent=1).encode()))
     if studies:
-        series = {f"seed {s}": ([r["T"] for r in st["runs"]], [r["training_error"] for r in st["runs"]])
+        series = {f"seed {s}": ([r[against] for r in st["runs"]], [r["training_error"] for r in st["runs"]])
                   for s, st in studies.items()}
-        _save(plotting.plot_error_vs_horizon(series), out / "error.png")
+        _save(plotting.plot_error_vs_horizon(series, xlabel="horizon T" if against == "T" else "layers N"),
+              out / "error.png")
         for s, st in studies.items():
             for key in ("theta_norm", "speed"):
                 _save(plotting.plot_turnpike(st["runs"], key, eps=eps, title=f"seed {s}"), out / f"{key}_seed{s}.png")
