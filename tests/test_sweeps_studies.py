@@ -224,3 +224,12 @@ def test_robustness_study_as_a_sweep_equals_the_in_process_study(tmp_path):
     with pytest.raises(ValueError, match="radii must be >= 0"):
         studies.robustness_study(tmp_path / "rob2", networks, [-0.1], max_iters=1)
     assert not (tmp_path / "rob2").exists()
+
+
+def test_depth_specs_at_a_fixed_horizon_vary_the_layers_only():
+    specs = studies.depth_specs("ring", [1.0, 2.0, 4.0], step=0.5, fixed_T=3.0, seeds=[0])
+    assert [s["problem"]["horizon"] for s in specs] == [3.0, 3.0, 3.0]
+    assert [s["problem"]["layers"] for s in specs] == [2, 4, 8]  # N = round(T_j / h)
+    assert len({studies.spec_hash(s) for s in specs}) == 3
+    with pytest.raises(ValueError, match="fixed_T"):
+        studies.depth_specs("ring", [1.0, 2.0], step=0.5, fixed_T=-1.0)
