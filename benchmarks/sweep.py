@@ -18,7 +18,9 @@ Three ratios Ray / serial are printed: *cold* (a local Ray started and stopped f
 ``RayExecutor()`` alone does: ``init + first sweep + shutdown`` against the fresh serial process),
 *cluster up* (a sweep joining a running Ray, as with ``--address``: its first sweep against the
 fresh serial process) and *warm* (second sweeps against each other); and whether every run's
-controls and history are equal bit for bit between the serial and the Ray folders.
+controls and history are equal bit for bit between the serial and the Ray folders. Both
+contenders run the sweeps with ``summary=False``: the runs are timed, not the summary and its
+figure, which are built the same way from the folders afterwards whichever executor ran them.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ import json, sys, time
 t0 = time.perf_counter()
 import studies
 specs = json.loads(sys.argv[1])
-studies.sweep(specs, sys.argv[2] + "/first", progress=False)
+studies.sweep(specs, sys.argv[2] + "/first", progress=False, summary=False)
 t1 = time.perf_counter()
-studies.sweep(specs, sys.argv[2] + "/second", progress=False)
+studies.sweep(specs, sys.argv[2] + "/second", progress=False, summary=False)
 print(t1 - t0, time.perf_counter() - t1)
 """
 
@@ -77,9 +79,9 @@ def _ray(runs, out, workers) -> dict:
              _node_ip_address="127.0.0.1")
     try:
         t.append(time.perf_counter())
-        studies.sweep(runs, out / "first", executor=studies.RayExecutor(), progress=False)
+        studies.sweep(runs, out / "first", executor=studies.RayExecutor(), progress=False, summary=False)
         t.append(time.perf_counter())
-        studies.sweep(runs, out / "second", executor=studies.RayExecutor(), progress=False)
+        studies.sweep(runs, out / "second", executor=studies.RayExecutor(), progress=False, summary=False)
         t.append(time.perf_counter())
     finally:
         ray.shutdown()
