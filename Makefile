@@ -49,6 +49,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.levers
 	$(BENCH_VENV)/bin/python -m benchmarks.scaling
 	$(BENCH_VENV)/bin/python -m benchmarks.conv_peers
+	$(BENCH_VENV)/bin/python -m benchmarks.compile
 	$(BENCH_VENV)/bin/python -m benchmarks.report
 
 # E-MSA's inner steps against wall time (four problems, five seeds; about six minutes).

@@ -6,11 +6,16 @@ options) and ``run`` (its handler): :mod:`~controlnet_cli.train`, :mod:`~control
 :mod:`~controlnet_cli.compare`, :mod:`~controlnet_cli.sweep`. Bad input prints one line ``controlnet: error: ...`` (no
 traceback) and exits with status 2, before any data, compile or file; a diverged solve exits
 with status 3, an interrupted one (Ctrl-C, its last iterate saved and resumable) with 130.
+
+Every command turns on JAX's persistent compilation cache (:mod:`studies.cache`) before its
+first compile, so a second identical command reads its programs from disk; ``--no-compile-cache``
+or ``CONTROLNET_COMPILE_CACHE=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import compare, sweep, train, turnpike
@@ -29,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        command.add_argument("--no-compile-cache", action="store_true",
+                             help="compile every program again instead of reading JAX's persistent "
+                                  "compilation cache (~/.cache/controlnet/jax; also "
+                                  "CONTROLNET_COMPILE_CACHE=0)")
     return parser
 
 
@@ -37,10 +47,7 @@ def main(argv=None) -> int:
     130 interrupted)."""
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "float64", False):
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
+        _configure_jax(args)
         return args.handler(args)
     except (UsageError, ValueError, TypeError, OSError) as e:
         # Validation errors say what to change; a traceback would hide that line.
@@ -49,6 +56,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # outside a solve (which handles Ctrl-C itself): nothing to save
         print("controlnet: interrupted", file=sys.stderr)
         return 130
+
+
+def _configure_jax(args):
+    """Precision and the persistent compilation cache, set before anything compiles."""
+    import jax
+
+    from studies.cache import enable_compile_cache
+
+    if getattr(args, "float64", False):
+        jax.config.update("jax_enable_x64", True)
+    if args.no_compile_cache:
+        # In the environment too, so that a sweep's worker processes leave it off as well.
+        os.environ["CONTROLNET_COMPILE_CACHE"] = "0"
+    enable_compile_cache()
 
 
 def _one_line(e: BaseException) -> str:

@@ -25,7 +25,7 @@ __all__ = ["add_parser", "run", "config_of"]
 #: ``train`` options that may change between a run and its resumption (budget and output), and
 #: the parser's own entries.
 RUN_OPTIONS = ("command", "handler", "out", "resume", "overwrite", "checkpoint_every", "iters", "seconds", "quiet",
-               "animate", "solver_options", "defaulted")
+               "animate", "solver_options", "defaulted", "no_compile_cache")
 
 
 def add_parser(sub):
