@@ -24,16 +24,17 @@ correlation with the kernel flipped in space and its two channel axes swapped
 ``"auto"`` (the default everywhere) picks by the backend at trace time: ``"matmul"`` on the CPU,
 ``"xla"`` on GPU and TPU, where XLA's convolution calls the vendor's convolution kernels. Why, as
 measured on a 2-core x86 CPU (float32, batch 128, a scan of 8 residual layers forward and
-backward, 32-64 channels on signals of length 40 with ``w = 5``, 16 channels on 8 × 8 images with
-``w = 3``): XLA's CPU convolution ran at a few GFLOP/s, the rematerialized GEMM at 15-40 times
-its speed, close to half the machine's float32 GEMM rate. Other formulations were measured
-slower or level: the windows gathered channels-first (``(B, C·wⁿ, space)``, one batched
-``einsum``), ``wⁿ`` accumulated shifted products without the windows matrix (level in 2-D,
-slower in 1-D), ``lax.conv_general_dilated_patches`` (itself an XLA convolution), and the same
-GEMM with the windows kept for the backward pass (2-3 times slower than rematerializing them:
-the per-layer windows stacked by the scan cost more than gathering them again). The state's
-layout does not matter: carrying it channels-last through the scans measured the same as
-moving it around each product, so the fields keep the samples-first, channels-first layout.
+backward; 8-64 channels on signals of length 40 with ``w = 3, 5``, 16 channels on 8 × 8 images
+with ``w = 3``; the same gradients to float32 round-off): XLA's CPU convolution ran at a few
+GFLOP/s; the rematerialized GEMM took 1/5 of its time with 8 channels and 1/16 to 1/40 with
+16-64 channels, at up to about half the machine's float32 GEMM rate. Other formulations measured
+slower or level: the windows gathered channels-first (one batched ``einsum``), the ``wⁿ``
+shifted products accumulated without a windows matrix (level in 2-D, slower in 1-D),
+``lax.conv_general_dilated_patches`` (itself an XLA convolution, with an identity kernel: its
+windows cost many times the stacked slices), and the same GEMM with the windows kept for the backward pass (2-3 times slower:
+the per-layer windows stacked by the scan cost more than gathering them again). With the windows
+kept, carrying the state channels-last through the scans measured level with moving it around
+each product, so the fields keep the samples-first, channels-first layout of the scans.
 
 Pass ``implementation="matmul"`` or ``"xla"`` to force a formulation: to :func:`conv`,
 :func:`conv_transpose` and :func:`conv_spectral_norm`, and as a field of the conv vector fields
