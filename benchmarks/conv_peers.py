@@ -419,10 +419,8 @@ def main(argv=None):
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                     help="which conv nets (default: all)")
     args = ap.parse_args(argv)
-    import jax
-
-    tasks = {name: measure(name, args.rounds) for name in args.tasks}
     import equinox
+    import jax
 
     versions = {"jax": jax.__version__, "equinox": equinox.__version__, "python": platform.python_version()}
     try:
@@ -431,11 +429,15 @@ def main(argv=None):
         versions["flax"] = flax.__version__
     except ImportError:
         pass
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    result = dict(tasks.get("mnist1d") or next(iter(tasks.values())))
-    result.update(tasks=tasks, versions=versions, machine=platform.machine(), cpus=__import__("os").cpu_count())
-    data["conv"] = result
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    for name in args.tasks:  # each task merged as soon as it is measured (the other tasks' rows kept)
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        old = data.get("conv", {})
+        tasks = dict(old.get("tasks", {}))
+        tasks[name] = measure(name, args.rounds)
+        result = dict(tasks.get("mnist1d") or tasks[name])
+        result.update(tasks=tasks, versions=versions, machine=platform.machine(), cpus=__import__("os").cpu_count())
+        data["conv"] = result
+        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {RESULTS} (key 'conv')")
 
 
