@@ -30,7 +30,6 @@ import dataclasses
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 
 from .activations import activation, lipschitz_constant
 from .convolution import check_implementation, conv, conv_spectral_norm, conv_transpose, transposed_kernel
