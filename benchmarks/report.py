@@ -42,6 +42,8 @@ CONV_CONFIG = {
                                   "`eqx.filter_value_and_grad` + optax, the epoch's 32 steps in one call",
     "equinox, step per call": "the same in equinox, one `eqx.filter_jit` call per minibatch",
     "flax.linen, epoch in one scan": "the same as an `nn.Module`, stacked layers scanned, the epoch in one call",
+    "hand-written JAX, matmul conv": "the equinox row in plain JAX, the convolution written by hand as controlnet's "
+                                     "CPU formulation (windows gathered, one GEMM)",
 }
 
 
@@ -92,16 +94,23 @@ def _peers(p) -> list[str]:
 
 def _conv(c) -> list[str]:
     lines = [
-        "## One MNIST-1D epoch of a convolutional ResNet",
+        "## One epoch of a convolutional ResNet",
         "",
-        f"{c['problem']}. {c['protocol']}. (`benchmarks/conv_peers.py`)",
-        "",
-        "| contender | epoch s | time / controlnet's |",
-        "| --- | ---: | ---: |",
+        "`benchmarks/conv_peers.py`. GFLOP/s: the epoch's work (three times the forward pass's "
+        "multiply-adds, two flops each) over its median time; the last column is that rate as a "
+        "fraction of a float32 `1024 × 1024` matrix product timed in the same rounds.",
     ]
-    for name, r in c["rows"].items():
-        lines.append(f"| {name} | {r['epoch_seconds']:.2f} | {r['ratio_vs_controlnet']:.2f} |")
-    lines += ["", f"Best peer: **{c['best_peer']}**; controlnet takes {c['controlnet_over_best_peer']:.2f}× its time."]
+    for name, t in c.get("tasks", {"mnist1d": c}).items():
+        lines += ["", f"### {name}", "", f"{t['problem']}. {t['protocol']}.", ""]
+        if "matmul_gflops" in t:
+            lines += [f"Epoch: {t['epoch_gflop']:.2f} GFLOP; the matrix product ran at {t['matmul_gflops']:.0f} GFLOP/s "
+                      f"(load average up to {t['load_average_max'][0]:.1f} during the rounds).", ""]
+        lines += ["| contender | epoch s | time / controlnet's | GFLOP/s | of the matmul rate |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for row, r in t["rows"].items():
+            rate = f"{r['gflops']:.1f} | {r['fraction_of_matmul']:.0%}" if "gflops" in r else " | "
+            lines.append(f"| {row} | {r['epoch_seconds']:.2f} | {r['ratio_vs_controlnet']:.2f} | {rate} |")
+        lines += ["", f"Best peer: **{t['best_peer']}**; controlnet takes {t['controlnet_over_best_peer']:.2f}× its time."]
     return lines
 
 
@@ -210,10 +219,11 @@ def readme_table(results: dict) -> str:
     lines = ["| contender | configuration | time / controlnet's |", "| --- | --- | ---: |"]
     lines += [f"| {label} | {_config(name)} | {steps[name]['ratio_paired']:.2f} |" for label, name in rows]
     c = results.get("conv")
-    if c and c.get("best_peer"):  # the convolutional ResNet: one MNIST-1D epoch
-        best = c["best_peer"]
-        lines.append(f"| {best} (MNIST-1D epoch) | {CONV_CONFIG.get(best, best)} | "
-                     f"{c['rows'][best]['ratio_vs_controlnet']:.2f} |")
+    for name, t in (c.get("tasks", {"mnist1d": c}) if c else {}).items():  # the convolutional ResNets' epochs
+        if t.get("best_peer"):
+            best = t["best_peer"]
+            lines.append(f"| {best} ({name} epoch) | {CONV_CONFIG.get(best, best)} | "
+                         f"{t['rows'][best]['ratio_vs_controlnet']:.2f} |")
     return "\n".join([BEGIN, *lines, END])
 
 

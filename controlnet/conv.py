@@ -1,12 +1,13 @@
 """Convolutional vector fields on channel × space states: signals ``(C, L)``, images ``(C, H, W)``.
 
 A batch of states is ``z (S, C, *space)`` (samples first, then channels, then ``ndim`` spatial
-axes), and the scans carry it in that same layout (:attr:`sample_axis` ``= 0``): XLA's
-convolutions take batch-first, channel-second arrays as they are. ``K ∗ z`` is the
-cross-correlation with "same" zero padding and stride 1 (``jax.lax.conv_general_dilated``),
-with kernel ``K (C_out, C_in, k, …)``; the kernel size ``k`` is odd so the padding is symmetric.
-Then the adjoint operator ``Kᵀ`` (``⟨K ∗ u, v⟩ = ⟨u, Kᵀ ∗ v⟩``) is the correlation with the kernel
-flipped in space and its two channel axes swapped (:func:`conv_transpose`).
+axes), and the scans carry it in that same layout (:attr:`sample_axis` ``= 0``). ``K ∗ z`` is the
+cross-correlation with "same" zero padding and stride 1, with kernel ``K (C_out, C_in, k, …)``;
+the kernel size ``k`` is odd so the padding is symmetric. Then the adjoint operator ``Kᵀ``
+(``⟨K ∗ u, v⟩ = ⟨u, Kᵀ ∗ v⟩``) is the correlation with the kernel flipped in space and its two
+channel axes swapped (:func:`conv_transpose`). Both are :mod:`controlnet.convolution`'s one
+routine, formulated per backend (a matrix product of the windows on the CPU, XLA's convolution
+elsewhere); a field's ``implementation`` (``"auto"``, ``"matmul"``, ``"xla"``) forces one.
 
 The fields:
 
@@ -29,46 +30,21 @@ import dataclasses
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 
 from .activations import activation, lipschitz_constant
+from .convolution import check_implementation, conv, conv_spectral_norm, conv_transpose, transposed_kernel
 from .dynamics import DYNAMICS, VectorField
 
 __all__ = ["Conv", "ParabolicConv", "AntisymmetricConv", "conv", "conv_transpose",
-           "conv_spectral_norm", "CONV_DYNAMICS"]
-
-_SPECS = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW")}
+           "conv_spectral_norm", "transposed_kernel", "CONV_DYNAMICS"]
 
 
 def _check_kernel_ndim(kernel, ndim):
-    if ndim not in _SPECS:
+    if ndim not in (1, 2):
         raise ValueError(f"ndim (spatial dimensions) must be 1 (signals) or 2 (images), got {ndim!r}")
     if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"kernel size must be an odd positive integer (same padding is then "
                          f"symmetric), got {kernel!r}")
-
-
-def conv(z, K):
-    """``K ∗ z``: cross-correlation with same zero padding, stride 1.
-
-    ``z (..., C_in, *space)`` with any leading axes, ``K (C_out, C_in, *window)``; the number of
-    spatial axes is ``K.ndim − 2``. Returns ``(..., C_out, *space)``.
-    """
-    ndim = K.ndim - 2
-    lead, tail = z.shape[: z.ndim - ndim - 1], z.shape[z.ndim - ndim - 1:]
-    zb = z.reshape((-1,) + tail)
-    out = jax.lax.conv_general_dilated(zb, K, (1,) * ndim, "SAME", dimension_numbers=_SPECS[ndim])
-    return out.reshape(lead + out.shape[1:])
-
-
-def transposed_kernel(K):
-    """The kernel of ``Kᵀ``: flipped in space, channel axes swapped (odd window, same padding)."""
-    return jnp.flip(K, axis=tuple(range(2, K.ndim))).swapaxes(0, 1)
-
-
-def conv_transpose(v, K):
-    """``Kᵀ ∗ v``, the adjoint of :func:`conv` (``⟨K ∗ u, v⟩ = ⟨u, Kᵀ ∗ v⟩``), ``(..., C_in, *space)``."""
-    return conv(v, transposed_kernel(K))
 
 
 def _bias(b, ndim):
@@ -84,11 +60,13 @@ def _init_kernel(key, C, kernel, ndim, scale):
 
 @dataclasses.dataclass(frozen=True)
 class _ConvField(VectorField):
-    """Shared structure of the convolutional fields: kernel size, activation, spatial dims."""
+    """Shared structure of the convolutional fields: kernel size, activation, spatial dims, and
+    the convolution's ``implementation`` (:mod:`controlnet.convolution`; ``"auto"`` by backend)."""
 
     kernel: int = 3
     activation: str = "tanh"
     ndim: int = 1
+    implementation: str = "auto"
     sample_axis: ClassVar[int] = 0
     # Recomputing a layer's convolution in the backward pass costs a third of the gradient's
     # convolutions; its residuals (one state-sized array per layer) are cheap to keep.
@@ -97,6 +75,7 @@ class _ConvField(VectorField):
     def __post_init__(self):
         activation(self.activation)  # raises for an unknown name
         _check_kernel_ndim(self.kernel, self.ndim)
+        check_implementation(self.implementation)
 
     def scan_call(self, zT, theta):
         # The scans carry conv states in their own layout (module doc): nothing to transpose.
@@ -111,7 +90,7 @@ class _ConvField(VectorField):
         if space is None:
             raise ValueError("a convolutional field's bound needs the states' spatial shape: "
                              "pass space=problem.state_shape[1:]")
-        return conv_spectral_norm(K, tuple(space))
+        return conv_spectral_norm(K, tuple(space), implementation=self.implementation)
 
     def check_state(self, shape) -> None:
         """Raise unless ``shape`` (one sample's state) is ``(C, *space)`` with ``ndim`` spatial axes."""
@@ -127,7 +106,7 @@ class Conv(_ConvField):
     """``f(z, θ) = σ(K ∗ z + b)``, ``θ = (K ∈ R^{C×C×k^n}, b ∈ R^C)`` (module doc)."""
 
     def __call__(self, z, theta):
-        return activation(self.activation)(conv(z, theta["K"]) + _bias(theta["b"], self.ndim))
+        return activation(self.activation)(conv(z, theta["K"], self.implementation) + _bias(theta["b"], self.ndim))
 
     def lipschitz_bound(self, theta, space=None):
         """``Lip(σ(K∗z + b)) ≤ L_σ ‖K‖₂`` (``‖K‖₂`` estimated, :func:`conv_spectral_norm`)."""
@@ -140,7 +119,8 @@ class ParabolicConv(_ConvField):
 
     def __call__(self, z, theta):
         K = theta["K"]
-        return -conv_transpose(activation(self.activation)(conv(z, K) + _bias(theta["b"], self.ndim)), K)
+        u = activation(self.activation)(conv(z, K, self.implementation) + _bias(theta["b"], self.ndim))
+        return -conv_transpose(u, K, self.implementation)
 
     def lipschitz_bound(self, theta, space=None):
         """``Lip(−Kᵀσ(K∗z + b)) ≤ L_σ ‖K‖₂²`` (``‖K‖₂`` estimated, :func:`conv_spectral_norm`)."""
@@ -153,27 +133,13 @@ class AntisymmetricConv(_ConvField):
 
     def __call__(self, z, theta):
         K = theta["K"]
-        return activation(self.activation)(conv(z, K - transposed_kernel(K)) + _bias(theta["b"], self.ndim))
+        Ka = K - transposed_kernel(K)
+        return activation(self.activation)(conv(z, Ka, self.implementation) + _bias(theta["b"], self.ndim))
 
     def lipschitz_bound(self, theta, space=None):
         """``Lip(σ((K−Kᵀ)∗z + b)) ≤ L_σ ‖K−Kᵀ‖₂`` (estimated, :func:`conv_spectral_norm`)."""
         K = theta["K"]
         return lipschitz_constant(self.activation) * self._operator_norm(K - transposed_kernel(K), space)
-
-
-def conv_spectral_norm(K, space, iters: int = 50, key=None):
-    """``‖K‖₂`` of ``u ↦ K ∗ u`` on states ``(C_in, *space)``, by ``iters`` power iterations on
-    ``KᵀK`` from a random start: ``σ ≈ ‖K v‖`` for the normalized iterate ``v`` (a lower bound
-    that converges to ``‖K‖₂``). ``K (C_out, C_in, *window)``; vmap it for a stack of layers."""
-    key = jax.random.PRNGKey(0) if key is None else key
-    v = jax.random.normal(key, (K.shape[1],) + tuple(space), K.dtype)
-
-    def body(_, v):
-        u = conv_transpose(conv(v, K), K)
-        return u / jnp.linalg.norm(u)
-
-    v = jax.lax.fori_loop(0, iters, body, v / jnp.linalg.norm(v))
-    return jnp.linalg.norm(conv(v, K))
 
 
 #: Names used by the problems and the command line (also registered in ``DYNAMICS``).

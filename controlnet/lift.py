@@ -20,7 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .conv import conv
+from .convolution import check_implementation, conv
 
 __all__ = ["lift", "ConvLift"]
 
@@ -41,14 +41,17 @@ def lift(x, d: int):
 
 @dataclasses.dataclass(frozen=True)
 class ConvLift:
-    """A learned lift ``z(0) = K₀ ∗ x + b₀`` (module doc); ``kernel`` odd, 1 is pointwise."""
+    """A learned lift ``z(0) = K₀ ∗ x + b₀`` (module doc); ``kernel`` odd, 1 is pointwise;
+    ``implementation`` the convolution's formulation (:mod:`controlnet.convolution`)."""
 
     kernel: int = 1
+    implementation: str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.kernel, int) or isinstance(self.kernel, bool) or self.kernel < 1 \
                 or self.kernel % 2 == 0:
             raise ValueError(f"ConvLift kernel must be an odd positive integer, got {self.kernel!r}")
+        check_implementation(self.implementation)
 
     def init(self, key, x_shape, d: int, scale: float = 1.0) -> dict:
         """``φ = (K₀ (d, C_in, k, …), b₀ = 0)``, ``K₀`` with standard deviation ``scale/√(C_in kⁿ)``;
@@ -65,4 +68,4 @@ class ConvLift:
         K, b = params["K"], params["b"]
         if K.ndim == 2:  # vectors: an affine map
             return x @ K.T + b
-        return conv(x, K) + b.reshape(b.shape + (1,) * (K.ndim - 2))
+        return conv(x, K, self.implementation) + b.reshape(b.shape + (1,) * (K.ndim - 2))

@@ -1,5 +1,5 @@
 """Convolutional fields on channel × space states: the adjoint identities in float64, the
-operators' algebra, the learned lift and pooled read-out, shape errors, E-MSA and diagnostics on
+convolution's two formulations (forced on the CPU, compared), the operators' algebra, the learned lift and pooled read-out, shape errors, E-MSA and diagnostics on
 conv states, and a small MNIST-1D run well above chance."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 import controlnet as cn
 import solvers
 from controlnet.conv import conv, conv_transpose, transposed_kernel
+from controlnet.convolution import resolve_implementation
 from controlnet.diagnostics import stability, turnpike
 
 FIELDS = (cn.Conv, cn.ParabolicConv, cn.AntisymmetricConv)
@@ -25,14 +26,14 @@ def _leaves_close(a, b, rtol, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
-def _problem(field=cn.Conv, ndim=1, lift=None, pooling="mean", **kw):
+def _problem(field=cn.Conv, ndim=1, lift=None, pooling="mean", implementation="auto", **kw):
     rng = np.random.default_rng(0)
     space = (7,) if ndim == 1 else (4, 5)
     x = rng.normal(size=(5, 2) + space)
     y = rng.integers(0, 3, 5)
     opts = dict(T=1.0, l2=1e-2, tracking=0.1, smoothness=0.05)
     opts.update(kw)
-    return cn.ControlProblem(dynamics=field(kernel=3, ndim=ndim), integrator=cn.Euler(), N=3, width=3,
+    return cn.ControlProblem(dynamics=field(kernel=3, ndim=ndim, implementation=implementation), integrator=cn.Euler(), N=3, width=3,
                              loss=cn.SoftmaxCrossEntropy(3), x=x, y=y, lift=lift, pooling=pooling, **opts)
 
 
@@ -43,9 +44,14 @@ CASES = [(f, 1, None, "mean") for f in FIELDS] + [
 ]
 
 
-@pytest.mark.parametrize("field, ndim, lift, pooling", CASES)
-def test_adjoint_equals_autodiff_and_finite_differences(field, ndim, lift, pooling):
-    p = _problem(field, ndim, lift, pooling)
+@pytest.mark.parametrize("field, ndim, lift, pooling, implementation",
+                         [c + ("auto",) for c in CASES]
+                         + [pytest.param(cn.ParabolicConv, 2, cn.ConvLift(3, "xla"), "mean", "xla",
+                                         marks=pytest.mark.slow)])
+def test_adjoint_equals_autodiff_and_finite_differences(field, ndim, lift, pooling, implementation):
+    """On the backend's own formulation ("auto": the GEMM on the CPU) and on XLA's, forced (slow
+    suite; the fast one compares the two formulations' gradients directly)."""
+    p = _problem(field, ndim, lift, pooling, implementation)
     c = p.init_controls(jax.random.PRNGKey(1))
     J, g, zs, ps = cn.gradient(p, c)
     assert zs.shape == (4, 5) + p.state_shape and ps.shape == zs.shape
@@ -74,6 +80,34 @@ def test_hamiltonian_identity_on_conv_states(field):
         gH = cn.grad_theta(p, zs[k], ps[k + 1], th, c.w)
         _leaves_close(jax.tree_util.tree_map(lambda a: a[k], g.theta), jax.tree_util.tree_map(jnp.negative, gH),
                       1e-10, 1e-12)
+
+
+def test_the_two_formulations_agree_and_each_can_be_forced():
+    """The windows GEMM and XLA's convolution: the same ``K ∗ z`` and ``Kᵀ ∗ v`` in float64 (1-D and
+    2-D, leading axes, unequal channel counts), the same gradients
+    through them, the same spectral norm (vmapped over layers); "auto" is the GEMM on the CPU."""
+    assert jax.default_backend() != "cpu" or resolve_implementation("auto") == "matmul"
+    assert resolve_implementation("xla") == "xla" and resolve_implementation("matmul") == "matmul"
+    rng = np.random.default_rng(12)
+    for lead, space, window, (co, ci) in (((2, 3), (9,), (5,), (4, 3)), ((3,), (5, 6), (3, 3), (2, 5))):
+        K = jnp.asarray(rng.normal(size=(co, ci) + window))
+        z = jnp.asarray(rng.normal(size=lead + (ci,) + space))
+        v = jnp.asarray(rng.normal(size=lead + (co,) + space))
+        np.testing.assert_allclose(conv(z, K, "matmul"), conv(z, K, "xla"), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(conv_transpose(v, K, "matmul"), conv_transpose(v, K, "xla"), rtol=1e-12, atol=1e-12)
+        grads = [jax.jit(jax.grad(lambda z, K: jnp.sum(jnp.tanh(conv(z, K, impl)) * v), argnums=(0, 1)))(z, K)
+                 for impl in ("matmul", "xla")]
+        _leaves_close(grads[0], grads[1], 1e-12, 1e-12)
+    Ks = jnp.asarray(rng.normal(size=(3, 4, 4, 3, 3)))
+    norms = [jax.jit(jax.vmap(lambda K: cn.conv_spectral_norm(K, (5, 6), iters=30, implementation=impl)))(Ks)
+             for impl in ("matmul", "xla")]
+    np.testing.assert_allclose(norms[0], norms[1], rtol=1e-10)
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        cn.Conv(implementation="fft")
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        cn.ConvLift(3, implementation="gemm")
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        conv(z, K, "cudnn")
 
 
 def test_conv_transpose_is_the_adjoint_and_fields_have_their_structure():
