@@ -100,7 +100,10 @@ def test_the_attack_raises_the_loss_and_stays_in_the_ball(norm):
     start = np.abs(flat(eta)).max(axis=1) if norm == "inf" else np.linalg.norm(flat(eta), axis=1)
     assert np.all(size <= eps * (1 + 1e-12)) and np.all(start <= eps * (1 + 1e-12))
     assert np.mean(size >= 0.99 * eps) >= 0.75  # most samples are pushed to the ball's boundary
-    losses = lambda v: p.loss(p.readout(cn.final_state(p, c.theta, p.replace_data(v, y).z0(c.lift)), c.w), y)  # noqa: E731
+
+    def losses(v):
+        return p.loss(p.readout(cn.final_state(p, c.theta, p.replace_data(v, y).z0(c.lift)), c.w), y)
+
     before, after, started = losses(x), losses(xa), losses(x + eta)
     assert float(jnp.mean(after)) > float(jnp.mean(started)) > 0 and float(jnp.mean(after)) > float(jnp.mean(before))
     assert np.mean(np.asarray(after) > np.asarray(before)) >= 0.9
