@@ -164,8 +164,8 @@ def _check_common(solver, owner):
     if solver.norm not in NORMS:
         raise ValueError(f"{owner} norm must be 'inf' or '2' (the attack ball), got {solver.norm!r}")
     set_(solver, "eps", _number(owner, "eps (the ball's radius)", solver.eps))
-    if solver.step_size is not None:
-        set_(solver, "step_size", _number(owner, "step_size (the attack's step)", solver.step_size))
+    if solver.alpha is not None:
+        set_(solver, "alpha", _number(owner, "alpha (the attack's step size)", solver.alpha))
     set_(solver, "lr", _number(owner, "lr", solver.lr))
     for name in ("random_start",) + (("frozen",) if hasattr(solver, "frozen") else ()):
         if not isinstance(getattr(solver, name), bool):
@@ -211,7 +211,7 @@ class PGDTraining:
 
     Args:
         eps: the ball's radius ``ε`` (a leaf). norm: ``"inf"`` (default) or ``"2"``.
-        steps: attack steps ``K`` per minibatch. step: their size ``α`` (a leaf; default
+        steps: attack steps ``K`` per minibatch. alpha: their size ``α`` (a leaf; default
             ``2.5 ε / K``, Madry et al.'s rule). random_start: start from a uniform ``η⁰ ∈ B``.
         optimizer, lr, decay_iters: the optimizer (:class:`~solvers.gd.Adam` by default) at rate
             ``lr``, cosine-decayed to 0 over ``decay_iters`` steps when given.
@@ -221,7 +221,7 @@ class PGDTraining:
     eps: float = 0.1
     norm: str = static_field(default="inf")
     steps: int = static_field(default=7)
-    step_size: float | None = None
+    alpha: float | None = None
     random_start: bool = static_field(default=True)
     optimizer: Optimizer | None = None
     lr: float = 1e-2
@@ -239,7 +239,7 @@ class PGDTraining:
     def step(self, problem, state):
         key, batch, k_start = _batch(self, problem, state.key)
         x, y, c = batch.x, batch.y, state.controls
-        alpha = 2.5 * self.eps / self.steps if self.step_size is None else self.step_size
+        alpha = 2.5 * self.eps / self.steps if self.alpha is None else self.alpha
         xa = pgd_attack(batch, c, x, y, _start(self, k_start, x), eps=self.eps, step=alpha, steps=self.steps,
                         norm=self.norm)
         attacked = batch.replace_data(jax.lax.stop_gradient(xa), y)
@@ -255,8 +255,8 @@ class YOPO:
     accumulated over the ``m`` passes as in the paper.
 
     Args:
-        eps, norm, step_size, random_start: the ball and the adversary's steps as in
-            :class:`PGDTraining` (``step_size`` default ``2.5 ε / (m n)``).
+        eps, norm, alpha, random_start: the ball and the adversary's steps as in
+            :class:`PGDTraining` (``alpha`` default ``2.5 ε / (m n)``).
         m: full forward and backward passes per minibatch. n: adversary steps per pass.
         first_steps: ``k``, the ODE steps in the first layer after the lift (default 1; 0 makes
             the lift alone the first layer, linear for a learned lift).
@@ -269,7 +269,7 @@ class YOPO:
     norm: str = static_field(default="inf")
     m: int = static_field(default=5)
     n: int = static_field(default=3)
-    step_size: float | None = None
+    alpha: float | None = None
     random_start: bool = static_field(default=True)
     first_steps: int = static_field(default=1)
     frozen: bool = static_field(default=True)
@@ -309,7 +309,7 @@ class YOPO:
         are one recursion that reads best in one place (module doc)."""
         key, batch, k_start = _batch(self, problem, state.key)
         x, y, c, k = batch.x, batch.y, state.controls, self.first_steps
-        alpha = 2.5 * self.eps / (self.m * self.n) if self.step_size is None else self.step_size
+        alpha = 2.5 * self.eps / (self.m * self.n) if self.alpha is None else self.alpha
         reg = jax.grad(lambda cc: objective_from_parts(batch, cc, 0.0, 0.0))(c)
 
         def full(eta):  # one forward and backward pass of the whole network at x + η

@@ -69,7 +69,7 @@ def test_the_adversary_gradient_through_the_first_layer_is_the_input_gradient(na
 def test_yopo_with_the_costate_unfrozen_is_pgd_adversarial_training(name, norm, n):
     """YOPO-1-n with ``p_k`` recomputed before every adversary step takes PGD-AT's ``n`` steps."""
     p, eps = PROBLEMS[name], EPS[name]
-    common = dict(eps=eps, norm=norm, step_size=eps / 2, batch_size=6, lr=0.05)
+    common = dict(eps=eps, norm=norm, alpha=eps / 2, batch_size=6, lr=0.05)
     pgd_loss, pgd_controls = _solve(PGDTraining(steps=n, **common), p)
     yopo_loss, yopo_controls = _solve(YOPO(m=1, n=n, frozen=False, **common), p)
     np.testing.assert_allclose(yopo_loss, pgd_loss, rtol=1e-10)
@@ -117,7 +117,7 @@ def test_projection_onto_the_ball():
 
 def test_options_round_trip_and_registry():
     for solver in (YOPO(eps=0.2, norm="2", m=3, n=4, first_steps=2, lr=1e-3, decay_iters=50, batch_size=32),
-                   PGDTraining(eps=0.1, steps=10, step_size=0.02, optimizer=solvers.SGD(momentum=0.9))):
+                   PGDTraining(eps=0.1, steps=10, alpha=0.02, optimizer=solvers.SGD(momentum=0.9))):
         assert from_json(solvers.SOLVERS, json.loads(json.dumps(to_json(solver)))) == solver
         assert solvers.SOLVERS[solver.name] is type(solver)
     assert jax.tree_util.tree_structure(YOPO(eps=0.1)) == jax.tree_util.tree_structure(YOPO(eps=0.3))
@@ -125,7 +125,7 @@ def test_options_round_trip_and_registry():
 
 BAD = {
     "eps 0": (lambda: YOPO(eps=0.0), "eps"),
-    "nan step": (lambda: PGDTraining(step_size=float("nan")), "step_size"),
+    "nan step": (lambda: PGDTraining(alpha=float("nan")), "alpha"),
     "norm 1": (lambda: PGDTraining(norm="1"), "'inf' or '2'"),
     "m 0": (lambda: YOPO(m=0), "m must be an integer >= 1"),
     "n 1.5": (lambda: YOPO(n=1.5), "n must be an integer >= 1"),
