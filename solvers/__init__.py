@@ -10,6 +10,7 @@ the submodules :mod:`solvers.compare` and :mod:`solvers.depth_study`.
 from controlnet import evaluate
 
 from . import compare, depth_study
+from .adversarial import YOPO, PGDTraining
 from .config import Budget, Checkpoints
 from .direct import Direct
 from .discrete import DiscreteMSA
@@ -21,10 +22,12 @@ from .proximal import ProximalGradient
 
 #: Solver classes by their ``name`` (the names the CLI takes).
 SOLVERS = {cls.name: cls for cls in (GradientDescent, MSA, ExtendedMSA, DiscreteMSA, ProximalGradient, Direct)}
+# Adversarial training (solvers.adversarial).
+SOLVERS.update({cls.name: cls for cls in (PGDTraining, YOPO)})
 
 __all__ = ["SOLVERS", "make_solver", "solve", "evaluate", "Budget", "Checkpoints", "GradientDescent", "Adam",
            "SGD", "MSA", "ExtendedMSA", "DiscreteMSA", "ProximalGradient", "Direct", "StepSolver",
-           "OneShotSolver", "compare", "depth_study"]
+           "OneShotSolver", "compare", "depth_study", "PGDTraining", "YOPO"]
 
 
 def make_solver(name: str, **options):

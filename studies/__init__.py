@@ -16,3 +16,4 @@ from .sweep import RayExecutor, SerialExecutor, grid, sweep
 from .comparison import compare
 from .depth import depth_specs, depth_study, measure_run
 from .robustness import robustness_specs, robustness_study
+from .adversarial import adversarial_specs, adversarial_study, measure_robustness
