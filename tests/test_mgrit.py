@@ -28,56 +28,68 @@ def _max_diff(a, b):
                zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
 
 
-# N = 8 layers, c = 2: m = 4 intervals; FCF makes two more C-points exact per iteration.
+# N = 8 layers, c = 2: m = 4 intervals; FCF makes two more C-points exact per iteration, F one.
 CASES = {
-    "euler_l2": dict(integrator="euler"),
-    "rk4_tracking_smooth": dict(integrator="rk4", tracking=0.1, smoothness=1e-2, l1=1e-3),
+    "euler_tracking_smooth_l1": dict(integrator="euler", tracking=0.1, smoothness=1e-2, l1=1e-3),
+    "rk4_l2": pytest.param(dict(integrator="rk4"), marks=pytest.mark.slow),
 }
+RUNS = {"FCF": MGRIT(iterations=2, coarsening=2), "F": MGRIT(iterations=4, coarsening=2, relaxation="F"),
+        "one_F": MGRIT(iterations=1, coarsening=2, relaxation="F")}
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module", params=list(CASES.values()), ids=list(CASES))
 def case(request):
-    p = problems.make("ring", samples=6, layers=8, test_samples=0, **CASES[request.param]).problem
+    """The serial adjoint and every MGRIT run of one problem, in one compiled program."""
+    p = problems.make("ring", samples=6, layers=8, test_samples=0, **request.param).problem
     c = p.init_controls(jax.random.PRNGKey(1))
-    J, g, zs, ps = cn.gradient(p, c)
-    return p, c, (J, g, zs, ps)
+
+    @jax.jit
+    def run(c):
+        J, g, zs, ps = cn.gradient(p, c)
+        zsT = jax.vmap(lambda z: cn.to_scan(p, z))(zs)
+        out = {"serial": (J, g, zs, ps)}
+        for name, opts in RUNS.items():
+            out[name] = mgrit_gradient(p, c, opts)
+        out["states"] = mgrit_states(p, c.theta, zsT[0], RUNS["FCF"])[0]
+        dL = None
+        if "tracking" in p.terms:
+            dL = -p.h * jax.vmap(jax.grad(p.tracking_cost), in_axes=(0, None))(zs[:-1], c.w)
+            dL = jax.vmap(lambda z: cn.to_scan(p, z))(dL)
+        pN = cn.terminal_costate(p, zs[-1], c.w)
+        out["costates"] = mgrit_costates(p, c.theta, zsT, cn.to_scan(p, pN), dL, RUNS["FCF"])[0]
+        return out
+
+    return p, run(c)
 
 
-@pytest.mark.parametrize("relaxation, iterations", [("FCF", 2), ("F", 4)])
-def test_converged_mgrit_is_the_serial_solution(case, relaxation, iterations):
-    p, c, (J, g, zs, ps) = case
-    opts = MGRIT(iterations=iterations, coarsening=2, relaxation=relaxation)
-    zsT, res_z = mgrit_states(p, c.theta, cn.to_scan(p, zs[0]), opts)
-    assert _max_diff(jax.vmap(lambda z: cn.from_scan(p, z))(zsT), zs) < 1e-13
-    J2, g2, zN, info = mgrit_gradient(p, c, opts)
+@pytest.mark.parametrize("name", ["FCF", "F"])
+def test_converged_mgrit_is_the_serial_solution(case, name):
+    p, out = case
+    J, g, zs, ps = out["serial"]
+    J2, g2, zN, info = out[name]
     assert abs(float(J2 - J)) < 1e-13
     assert _max_diff(g2, g) < 1e-12
     assert _max_diff(zN, zs[-1]) < 1e-13
     # The residual of the returned iterate is round-off; the initial guess's is not.
     for res in (info.state_residuals, info.costate_residuals):
-        assert res.shape == (iterations + 1,)
+        assert res.shape == (RUNS[name].iterations + 1,)
         assert float(res[-1]) < 1e-12 < float(res[0])
 
 
-def test_costates_from_mgrit_equal_the_adjoint(case):
-    p, c, (J, g, zs, ps) = case
-    opts = MGRIT(iterations=2, coarsening=2)
-    zsT = jax.vmap(lambda z: cn.to_scan(p, z))(zs)
-    dL = None
-    if "tracking" in p.terms:
-        dL = -p.h * jax.vmap(jax.grad(p.tracking_cost), in_axes=(0, None))(zs[:-1], c.w)
-        dL = jax.vmap(lambda z: cn.to_scan(p, z))(dL)
-    pN = cn.terminal_costate(p, zs[-1], c.w)
-    psT, _ = mgrit_costates(p, c.theta, zsT, cn.to_scan(p, pN), dL, opts)
-    assert _max_diff(jax.vmap(lambda q: cn.from_scan(p, q))(psT), ps) < 1e-13
+def test_states_and_costates_from_mgrit_equal_the_serial_ones(case):
+    p, out = case
+    J, g, zs, ps = out["serial"]
+    assert _max_diff(jax.vmap(lambda z: cn.from_scan(p, z))(out["states"]), zs) < 1e-13
+    assert _max_diff(jax.vmap(lambda q: cn.from_scan(p, q))(out["costates"]), ps) < 1e-13
 
 
 def test_one_iteration_is_inexact_and_reduces_the_residual(case):
-    p, c, (J, g, zs, ps) = case
-    J1, g1, _, info = mgrit_gradient(p, c, MGRIT(iterations=1, coarsening=2, relaxation="F"))
+    p, out = case
+    J, g, zs, ps = out["serial"]
+    J1, g1, _, info = out["one_F"]
     res = np.asarray(info.state_residuals)
     assert res[1] < res[0]
-    assert _max_diff(g1, g) > 1e-6  # not yet the serial gradient: the test above is not vacuous
+    assert _max_diff(g1, g) > 1e-6  # not yet the serial gradient: the tests above are not vacuous
 
 
 def test_generic_mgrit_on_a_scalar_linear_recursion():
