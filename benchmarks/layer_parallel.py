@@ -15,17 +15,20 @@ Writes ``benchmarks/results.json`` key ``"layer_parallel"`` (the other keys are 
   a subprocess each), per ``N``: seconds per gradient, serial adjoint and MGRIT with the layers
   over ``P`` devices, side by side in one process; and the unit costs the model needs: one fine
   layer forward+backward ``t_f``, one coarse step forward+backward ``t_c``, one transfer of a
-  state between two devices ``t_x``;
+  state between two devices ``t_x``, and ``t_fb(P)``, one fine layer as MGRIT's F-sweep runs it
+  on one of ``P`` devices (``c`` layers over its batch of ``N/(cP)`` intervals at once: for small
+  states a batch costs little more than one, so ``t_fb`` falls with the batch);
 - ``model``: the predicted speedup at ``P = 1..64`` and the crossover device count, from
 
       T_serial   = N t_f
-      T_MGRIT(P) = (2 s + 1) (N/P) t_f + (s + 1) (N/c) t_c + s (N/(cP)) t_c + s (2 + N/c) t_x
+      T_MGRIT(P) = (2 s + 1) (N/P) t_fb(P) + (s + 1) (N/c) t_c + s (N/(cP)) t_c + s (2 + N/c) t_x
 
   per gradient (state + co-state solves): ``s`` iterations, each with ``s_F = 2`` fine sweeps
   (FCF) over a device's ``N/P`` layers plus the final sweep, a serial coarse solve over all
   ``N/c`` intervals (and the initial guess), the parallel coarse steps ``G(U_j)``, two neighbour
-  transfers and a gather of ``N/c`` states. Assumptions: one device per core, unit costs
-  independent of ``P``, no overlap of communication and work.
+  transfers and a gather of ``N/c`` states. Assumptions: one device per core, ``t_f``, ``t_c``,
+  ``t_x`` independent of ``P`` (``t_x`` measured between 2 simulated devices), no overlap of
+  communication and work. Checked against the measured 1-, 2- and 4-device ratios.
 
 Every timing has the load average beside it. This machine has 2 cores: the 4-device numbers run
 4 simulated devices on 2 cores, so they measure overhead, not parallel speedup.
@@ -165,10 +168,33 @@ def timing(Ns, c, samples, iterations):
 
     out["t_f"] = _timeit(chain(lambda z, t: scan_step(p, z, t)), ctl.theta) / N
     out["t_c"] = _timeit(chain(lambda z, t: coarse_step(p, z, t, c * p.h)), ctl.theta) / N
+    out["t_f_batch"] = _batched_sweep_costs(jax, p, ctl.theta, z0T, c)
     if P > 1:
         out["t_x"] = _transfer_cost(jax, mesh, z0T)
     out["loadavg"] = os.getloadavg()[0]
     print("units", json.dumps({k: out[k] for k in ("t_f", "t_c", "t_x") if k in out}), flush=True)
+    return out
+
+
+def _batched_sweep_costs(jax, p, theta, z0T, c):
+    """Seconds per layer (forward+backward) of an F-sweep as MGRIT runs it on one device:
+    ``c`` layers over a batch of ``b`` intervals at once, for ``b = N/c, N/(2c), .., 1``."""
+    import jax.numpy as jnp
+
+    from controlnet.state import scan_step
+
+    N = jax.tree_util.tree_leaves(theta)[0].shape[0]
+    out, b = {}, N // c
+    while b >= 1:
+        th = jax.tree_util.tree_map(lambda a: a[: b * c].reshape((b, c) + a.shape[1:]), theta)
+        zs = jnp.broadcast_to(z0T, (b,) + z0T.shape)
+
+        def sweep(th, zs):
+            one = lambda z, t: jax.lax.scan(lambda u, tk: (scan_step(p, u, tk), None), z, t)[0]  # noqa: E731
+            return jnp.sum(jax.vmap(one)(zs, th))
+
+        out[str(b)] = _timeit(jax.jit(jax.grad(sweep)), th, zs) / (b * c)
+        b //= 2
     return out
 
 
@@ -189,12 +215,17 @@ def _transfer_cost(jax, mesh, z):
 
 
 def model(units, N, c, s, Ps):
-    """Predicted speedup ``T_serial / T_MGRIT(P)`` (module doc) for each ``P``."""
+    """Predicted speedup ``T_serial / T_MGRIT(P)`` (module doc) for each ``P``; the fine layers
+    of MGRIT at the batched cost ``t_f_batch[b]`` of a device's ``b = N/(cP)`` intervals (the
+    nearest measured batch)."""
     t_f, t_c, t_x = units["t_f"], units["t_c"], units.get("t_x", 0.0)
+    batch = units["t_f_batch"]
     m = N / c
     out = {}
     for P in Ps:
-        t = (2 * s + 1) * (N / P) * t_f + (s + 1) * m * t_c + s * (m / P) * t_c + s * (2 + m) * t_x * (P > 1)
+        b = max(1.0, m / P)
+        t_fb = batch[min(batch, key=lambda k: abs(np.log(int(k) / b)))]
+        t = (2 * s + 1) * (N / P) * t_fb + (s + 1) * m * t_c + s * (m / P) * t_c + s * (2 + m) * t_x * (P > 1)
         out[str(P)] = N * t_f / t
     return out
 
@@ -230,7 +261,9 @@ def main(argv=None):
     res["curves"] = curves(N_ring, 4, args.samples, steps=40 if args.quick else 200, every=10)
     res["timing"] = {str(P): _sub(P, args) for P in args.devices}
     units = res["timing"][str(max(args.devices))]
-    units = {"t_f": res["timing"]["1"]["t_f"], "t_c": res["timing"]["1"]["t_c"], "t_x": units.get("t_x", 0.0)}
+    one = res["timing"]["1"]
+    units = {"t_f": one["t_f"], "t_c": one["t_c"], "t_f_batch": one["t_f_batch"],
+             "t_x": res["timing"].get("2", units).get("t_x", 0.0)}
     Ps = [1, 2, 4, 8, 16, 32, 64]
     res["model"] = {"units": units, "iterations": 2, "coarsening": args.coarsening,
                     "note": "4 simulated devices share this machine's 2 cores",
