@@ -18,15 +18,18 @@ Writes ``benchmarks/results.json`` key ``"layer_parallel"`` (the other keys are 
   state between two devices ``t_x``, and ``t_fb(P)``, one fine layer as MGRIT's F-sweep runs it
   on one of ``P`` devices (``c`` layers over its batch of ``N/(cP)`` intervals at once: for small
   states a batch costs little more than one, so ``t_fb`` falls with the batch);
+- ``curves_mnist1d`` (``--mnist1d``): the same on MNIST-1D, ``N = 64``, a convolutional ResNet;
 - ``model``: the predicted speedup at ``P = 1..64`` and the crossover device count, from
 
       T_serial   = N t_f
-      T_MGRIT(P) = (2 s + 1) (N/P) t_fb(P) + (s + 1) (N/c) t_c + s (N/(cP)) t_c + s (2 + N/c) t_x
+      T_MGRIT(P) = (2 s + 1) (N/P) t_fb(P) + (s + 1) (N/c) t_c + s (N/(cP)) t_c
+                   + 2 s (2 + ⌈log₂ P⌉) t_x
 
   per gradient (state + co-state solves): ``s`` iterations, each with ``s_F = 2`` fine sweeps
   (FCF) over a device's ``N/P`` layers plus the final sweep, a serial coarse solve over all
-  ``N/c`` intervals (and the initial guess), the parallel coarse steps ``G(U_j)``, two neighbour
-  transfers and a gather of ``N/c`` states. Assumptions: one device per core, ``t_f``, ``t_c``,
+  ``N/c`` intervals (and the initial guess), the parallel coarse steps ``G(U_j)``, and in each of
+  the two solves two neighbour transfers and a gather of the ``N/c`` coarse values (``⌈log₂ P⌉``
+  rounds, latency-bound for these small states). Assumptions: one device per core, ``t_f``, ``t_c``,
   ``t_x`` independent of ``P`` (``t_x`` measured between 2 simulated devices), no overlap of
   communication and work. Checked against the measured 1-, 2- and 4-device ratios.
 
@@ -98,14 +101,14 @@ def convergence(N, c, samples):
     return out
 
 
-def curves(N, c, samples, steps, every):
+def curves(N, c, samples, steps, every, name="ring", **make):
     jax = _setup()
     import controlnet as cn
     import problems
     import solvers
     from solvers.layer_parallel import LayerParallel
 
-    p = problems.make("ring", samples=samples, layers=N, test_samples=0).problem
+    p = problems.make(name, samples=samples, layers=N, test_samples=0, **make).problem
     c0 = p.init_controls(jax.random.PRNGKey(0))
 
     def train(solver):
@@ -117,7 +120,7 @@ def curves(N, c, samples, steps, every):
 
         return jax.lax.scan(block, state, None, length=steps // every)[1]
 
-    out = {"problem": f"ring N={N} S={samples}", "optimizer": "Adam lr=2e-2", "every": every,
+    out = {"problem": f"{name} N={N} S={samples} {make}", "optimizer": "Adam lr=2e-2", "every": every,
            "mgrit": {"iterations": 2, "coarsening": c, "relaxation": "FCF"}}
     out["serial"] = np.asarray(jax.jit(lambda: train(solvers.GradientDescent(lr=2e-2)))()).tolist()
     lp = LayerParallel(iterations=2, coarsening=c)
@@ -225,8 +228,28 @@ def model(units, N, c, s, Ps):
     for P in Ps:
         b = max(1.0, m / P)
         t_fb = batch[min(batch, key=lambda k: abs(np.log(int(k) / b)))]
-        t = (2 * s + 1) * (N / P) * t_fb + (s + 1) * m * t_c + s * (m / P) * t_c + s * (2 + m) * t_x * (P > 1)
+        comm = 2 * s * (2 + np.ceil(np.log2(P))) * t_x if P > 1 else 0.0
+        t = (2 * s + 1) * (N / P) * t_fb + (s + 1) * m * t_c + s * (m / P) * t_c + comm
         out[str(P)] = N * t_f / t
+    return out
+
+
+def summarize(res, Ns, c, s=2):
+    """The model's unit costs (one device's ``t_f, t_c, t_fb``; ``t_x`` between 2 devices), its
+    predicted speedups and crossover device counts, beside the measured ones."""
+    one = res["timing"]["1"]
+    units = {"t_f": one["t_f"], "t_c": one["t_c"], "t_f_batch": one["t_f_batch"],
+             "t_x": res["timing"].get("2", {}).get("t_x", 0.0)}
+    Ps = [1, 2, 4, 8, 16, 32, 64]
+    out = {"units": units, "iterations": s, "coarsening": c,
+           "note": "4 simulated devices share this machine's 2 cores", "speedup": {},
+           "crossover_devices": {}, "measured_speedup": {}}
+    for N in Ns:
+        out["speedup"][str(N)] = model(units, N, c, s, Ps)
+        out["crossover_devices"][str(N)] = next(
+            (P for P in range(1, 4097) if model(units, N, c, s, [P])[str(P)] > 1), None)
+        out["measured_speedup"][str(N)] = {
+            P: 1 / t["N"][str(N)]["ratio_mgrit_over_serial"] for P, t in res["timing"].items()}
     return out
 
 
@@ -248,7 +271,22 @@ def main(argv=None):
     ap.add_argument("--coarsening", type=int, default=8)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--remodel", action="store_true", help="recompute the model from the stored timings")
+    ap.add_argument("--mnist1d", action="store_true", help="only the MNIST-1D loss curves (N = 64), "
+                    "added to the existing entry")
     args = ap.parse_args(argv)
+    if args.remodel:
+        data = json.loads(RESULTS.read_text())
+        data[KEY]["model"] = summarize(data[KEY], args.Ns, args.coarsening)
+        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+        print(json.dumps(data[KEY]["model"], indent=1))
+        return
+    if args.mnist1d:
+        data = json.loads(RESULTS.read_text())
+        data[KEY]["curves_mnist1d"] = curves(64, 4, 256, steps=100, every=10, name="mnist1d", width=4)
+        data[KEY]["curves_mnist1d"]["loadavg"] = os.getloadavg()
+        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+        return
     if args.timing_only:
         print(json.dumps(timing(args.Ns, args.coarsening, args.samples, iterations=2)))
         return
@@ -260,19 +298,7 @@ def main(argv=None):
     res["convergence"] = convergence(N_ring, 4, args.samples)
     res["curves"] = curves(N_ring, 4, args.samples, steps=40 if args.quick else 200, every=10)
     res["timing"] = {str(P): _sub(P, args) for P in args.devices}
-    units = res["timing"][str(max(args.devices))]
-    one = res["timing"]["1"]
-    units = {"t_f": one["t_f"], "t_c": one["t_c"], "t_f_batch": one["t_f_batch"],
-             "t_x": res["timing"].get("2", units).get("t_x", 0.0)}
-    Ps = [1, 2, 4, 8, 16, 32, 64]
-    res["model"] = {"units": units, "iterations": 2, "coarsening": args.coarsening,
-                    "note": "4 simulated devices share this machine's 2 cores",
-                    "speedup": {str(N): model(units, N, args.coarsening, 2, Ps) for N in args.Ns}}
-    for N, sp in res["model"]["speedup"].items():
-        cross = next((P for P in range(1, 100000) if model(units, int(N), args.coarsening, 2, [P])[str(P)] > 1), None)
-        res["model"].setdefault("crossover_devices", {})[N] = cross
-        measured = {P: 1 / res["timing"][P]["N"][N]["ratio_mgrit_over_serial"] for P in res["timing"]}
-        res["model"].setdefault("measured_speedup", {})[N] = measured
+    res["model"] = summarize(res, args.Ns, args.coarsening)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data[KEY] = res
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
