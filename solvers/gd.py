@@ -29,6 +29,7 @@ import controlnet as cn
 from controlnet.pytrees import pytree_dataclass, static_field
 
 from .blocks import auto_block
+from .layer_parallel import LayerParallel
 from .minibatch import minibatch
 from .options import Family
 from .trees import tree_norm
@@ -139,7 +140,8 @@ class GradientDescent:
         optimizer: :class:`Adam` (default), :class:`SGD`, or any ``optax.GradientTransformation``
             (then wrapped in :class:`Transformation`, and ``lr`` is not taken: it has its own).
         batch_size: samples per minibatch (``None``: the whole data set).
-        gradient: ``"adjoint"`` (default) or ``"autodiff"``.
+        gradient: ``"adjoint"`` (default), ``"autodiff"``, or ``"layer_parallel"`` / a
+            :class:`~solvers.layer_parallel.LayerParallel` (states and co-states by MGRIT).
         checkpoint_block: ``"auto"`` (default) keeps every state of the forward pass unless
             they would take more than :data:`solvers.blocks.AUTO_CHECKPOINT_BYTES`, then
             checkpoints blocks of about ``√N`` layers (:func:`solvers.blocks.auto_block`); an
@@ -150,7 +152,7 @@ class GradientDescent:
 
     optimizer: Optimizer | optax.GradientTransformation | None = None
     batch_size: int | None = static_field(default=None)
-    gradient: str = static_field(default="adjoint")
+    gradient: str | LayerParallel = static_field(default="adjoint")
     checkpoint_block: int | str | None = static_field(default="auto")
     lr: float | None = None
     name: ClassVar[str] = "gd"
@@ -167,8 +169,11 @@ class GradientDescent:
         else:
             lr = 1e-2 if self.lr is None else self.lr
             object.__setattr__(self, "lr", _checked_number("GradientDescent", "lr", lr))
-        if self.gradient not in ("adjoint", "autodiff"):
-            raise ValueError(f"gradient must be 'adjoint' or 'autodiff', got {self.gradient!r}")
+        if self.gradient == "layer_parallel":
+            object.__setattr__(self, "gradient", LayerParallel())
+        if not isinstance(self.gradient, LayerParallel) and self.gradient not in ("adjoint", "autodiff"):
+            raise ValueError(f"gradient must be 'adjoint', 'autodiff', 'layer_parallel' or a LayerParallel(...), "
+                             f"got {self.gradient!r}")
         bs = self.batch_size
         if bs is not None and (not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {bs!r}")
@@ -194,6 +199,8 @@ class GradientDescent:
         every ``B``-th state too (:func:`controlnet.value_and_gradient`), for one extra forward
         pass, which ``checkpoint_block="auto"`` chooses by itself when the states would not fit.
         """
+        if isinstance(self.gradient, LayerParallel):
+            return self.gradient.value_and_grad(problem, controls)
         if self.gradient == "adjoint":
             block = auto_block(problem) if self.checkpoint_block == "auto" else self.checkpoint_block
             return cn.value_and_gradient(problem, controls, block=block)
