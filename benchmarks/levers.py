@@ -119,9 +119,9 @@ def levers_at(samples, layers, rounds, per_round, log=print) -> dict:
     for name, lever in levers(problem).items():
         with lever():  # a new solver each time: a new compiled step, traced under the lever
             gd = solvers.GradientDescent(optax.adam(peers.REFERENCE["lr"]))
-            run, compile_s[name], executable = peers.driver_calls(gd, problem, peers.PER_CALL)
+            run, compile_s[name], program = peers.driver_calls(gd, problem, peers.PER_CALL)
             first_loss[name] = float(run())  # the first call runs inside the lever too
-        programs[name] = executable.as_text()
+        programs[name] = program().as_text()
         if name != "controlnet" and programs[name] == programs["controlnet"]:
             raise RuntimeError(f"lever {name!r} left the compiled step unchanged")
         runs[name] = run

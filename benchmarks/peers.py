@@ -97,7 +97,8 @@ def _block(x):
 
 def driver_calls(solver, problem, per_call=None, controls=None):
     """The driver's compiled call of ``per_call`` iterations, as ``solvers.solve`` runs it:
-    ``(run, compile_s, executable)``; ``run()`` takes the iterations (one transfer of all their
+    ``(run, compile_s, program)``; ``program()`` compiles the call again ahead of time and returns
+    the executable (its ``as_text()`` is the optimized program); ``run()`` takes the iterations (one transfer of all their
     logged numbers) and returns the loss of the first; ``run.steps`` is the count.
 
     ``per_call=None`` sizes the calls as ``solvers.solve`` does once warm: about
@@ -107,12 +108,17 @@ def driver_calls(solver, problem, per_call=None, controls=None):
     """
     import jax
 
-    from solvers.driver import MAX_STEPS_PER_CALL, _call_args, _compile, _next_call, _unpack
+    from solvers.driver import MAX_STEPS_PER_CALL, _call_args, _compile, _next_call, _run_jit, _unpack
+    from solvers.protocol import as_argument
 
     if controls is None:
         controls = problem.init_controls(jax.random.PRNGKey(0))
     state = solver.init(problem, controls, key=jax.random.PRNGKey(0))
-    call, names, executable, compile_s = _compile(solver, problem, state)
+    arg = as_argument(solver)
+    call, names, compile_s = _compile(arg, problem, state)
+
+    def program():
+        return _run_jit.lower(arg, problem, state, *_call_args(1)).compile()
     held = [state]
 
     def make(n):
@@ -134,7 +140,7 @@ def driver_calls(solver, problem, per_call=None, controls=None):
             run()
             times.append(time.perf_counter() - t)
         per_call = _next_call(None, MAX_STEPS_PER_CALL, min(times))  # solve's rule, once warm
-    return make(per_call), compile_s, executable
+    return make(per_call), compile_s, program
 
 
 def controlnet_gd(problem, gradient="adjoint", per_call=1):
