@@ -130,6 +130,11 @@ class StagedProblem:
         return sum(st.N for st in self.stages)
 
     @property
+    def width(self) -> int:
+        """The first block's channel count."""
+        return self.stages[0].width
+
+    @property
     def T(self):
         """The total horizon ``Σ_s T_s``."""
         return sum(st.T for st in self.stages)
