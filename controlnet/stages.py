@@ -300,7 +300,7 @@ class StagedProblem:
         return {"blocks": blocks, "connectives": [repr(c) for c in self.connectives], "loss": repr(self.loss),
                 "lift": "zero padding" if self.lift is None else repr(self.lift), "pooling": self.pooling,
                 "samples": int(self.S), "N": self.N, "T": float(self.T),
-                **{n: float(np.asarray(getattr(self, n))) for n in ("lift_l2", "readout_l2", "connective_l2")}}
+                **{n: float(str(np.asarray(getattr(self, n))[()])) for n in ("lift_l2", "readout_l2", "connective_l2")}}
 
 
 def block_diagnostics(problem: StagedProblem, controls) -> tuple:
