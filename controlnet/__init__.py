@@ -12,6 +12,7 @@ from .adjoint import (
     flow_and_backward,
     gradient,
     gradient_from_hamiltonian,
+    pullback,
     terminal_costate,
     value_and_gradient,
 )
@@ -38,3 +39,6 @@ from .predict import Prediction, predict
 __version__ = "0.1.0"
 from .io import Result, load_controls, save_controls
 from . import diagnostics  # turnpike, regularization, stability and landscape diagnostics
+# Multi-stage networks: blocks joined by connective layers.
+from .connectives import Connective
+from .stages import Block, StagedProblem, block_diagnostics

@@ -56,11 +56,11 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .problem import Controls, objective_from_parts, tracking_sum
+from .problem import ControlProblem, Controls, objective_from_parts, tracking_sum
 from .state import forward, from_scan, scan_final, scan_step, stack_from_scan, stack_to_scan, to_scan
 
 __all__ = ["terminal_costate", "backward", "flow_and_backward", "costates", "gradient",
-           "value_and_gradient", "gradient_from_hamiltonian", "linearize_layer", "LayerLinearization"]
+           "value_and_gradient", "gradient_from_hamiltonian", "linearize_layer", "LayerLinearization", "pullback"]
 
 _tree_map = jax.tree_util.tree_map
 
@@ -212,25 +212,26 @@ def _terminal(problem, zN, w):
     return phi, -dz, dw
 
 
-def _costates_pull(problem, theta, zs, pull, w):
+def _costates_pull(problem, theta, zs, pull, w, pN=None):
     """``(ps (N+1, S, *shape), ∇_θ H_k per layer, Σ_k ∇_w H_k)`` from a sweep that keeps the
-    co-states, with ``p_N = −∇_zΦ(z_N, w)``."""
-    pN = terminal_costate(problem, zs[-1], w)
+    co-states, with ``p_N = −∇_zΦ(z_N, w)`` unless given."""
+    pN = terminal_costate(problem, zs[-1], w) if pN is None else pN
     psT, pulled_th, pulled_w, _ = pull(to_scan(problem, pN), w)
     ps = jnp.concatenate([stack_from_scan(problem, psT), pN[None]], axis=0)
     return (ps, *_layer_gradients(problem, theta, w, pulled_th, pulled_w))
 
 
-def backward(problem, controls, zs):
+def backward(problem, controls, zs, pN=None):
     """Co-states and the layers' Hamiltonian gradients from the states ``zs (N+1, S, d)``; each
-    layer is linearized at its given state.
+    layer is linearized at its given state. ``pN``: the final co-state, by default
+    ``−∇_zΦ(z_N, w)`` (a block inside a larger network gets it from the layers after it).
 
     Returns ``(ps, g_theta, g_w)``: ``ps`` of shape ``(N+1, S, *shape)``, ``g_theta = ∇_θ H_k``
     per layer (leading axis ``N``) and ``g_w = Σ_k ∇_w H_k``.
     """
     zsT = stack_to_scan(problem, zs[:-1])
     _, _, pull = _sweep(problem, controls.theta, zsT[0], states=zsT, keep_costates=True)
-    return _costates_pull(problem, controls.theta, zs, pull, controls.w)
+    return _costates_pull(problem, controls.theta, zs, pull, controls.w, pN)
 
 
 def flow_and_backward(problem, theta, z0=None):
@@ -307,6 +308,8 @@ def value_and_gradient(problem, controls, *, block=None):
     ``O(N S d)``, for one extra forward pass; ``B ≈ √N`` is the smallest. The result equals
     :func:`gradient` to round-off (tested).
     """
+    if not isinstance(problem, ControlProblem):  # a problem of another kind (staged) brings its own
+        return problem.value_and_gradient(controls, block=block)
     nb, B = _blocks(problem.N, block)
     theta, w = controls.theta, controls.w
     z0T = to_scan(problem, problem.z0(controls.lift))
@@ -321,3 +324,25 @@ def value_and_gradient(problem, controls, *, block=None):
     J = objective_from_parts(problem, controls, phi, track)
     p0 = None if problem.lift is None else from_scan(problem, p0T)
     return J, _assemble(problem, controls, g_theta, g_w, dphi_dw, p0), zN
+
+
+def pullback(problem, theta, z0, *, block=None):
+    """``(z_N, pull)``: the forward pass from the given ``z0 (S, *shape)`` and
+    ``pull(p_N) -> (p_0, ∇_θH_k per layer)`` from any final co-state ``p_N``, by the sweep of
+    :func:`value_and_gradient` (``block`` as there). For a block of layers inside a larger network
+    (:mod:`controlnet.stages`), whose ``p_N`` comes from the layers after it; no tracking.
+    """
+    if "tracking" in problem.terms:
+        raise ValueError("pullback has no read-out for the tracking cost: build the problem with tracking=0")
+    nb, B = _blocks(problem.N, block)
+    z0T = to_scan(problem, z0)
+    if block is None:
+        zNT, _, pull = _sweep(problem, theta, z0T)
+    else:
+        zNT, pull = _blocked_pull(problem, theta, None, z0T, nb, B)
+
+    def pull_back(pN):
+        p0T, pulled_th, _, _ = pull(to_scan(problem, pN), None)
+        return from_scan(problem, p0T), _layer_gradients(problem, theta, None, pulled_th, None)[0]
+
+    return from_scan(problem, zNT), pull_back

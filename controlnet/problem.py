@@ -358,12 +358,16 @@ def _validate_numbers(p: ControlProblem, T) -> None:
 
 def objective(problem: ControlProblem, controls: Controls):
     """``J(θ, w)`` (module doc) together with the states ``z_k``, shape ``(N+1, S, *shape)``."""
+    if not isinstance(problem, ControlProblem):  # a problem of another kind (staged) brings its own
+        return problem.objective(controls)
     zs = forward(problem, controls.theta, problem.z0(controls.lift))
     return _cost_from_states(problem, controls, zs), zs
 
 
 def objective_value(problem: ControlProblem, controls: Controls):
     """``J(θ, w)`` alone. Without tracking only ``z_N`` is computed: no trajectory is kept."""
+    if not isinstance(problem, ControlProblem):
+        return problem.objective(controls)[0]
     if "tracking" in problem.terms:
         return objective(problem, controls)[0]
     zN = final_state(problem, controls.theta, problem.z0(controls.lift))
@@ -392,6 +396,8 @@ def _cost_from_states(problem, controls, zs):
 
 def metrics(problem: ControlProblem, controls: Controls, zs=None) -> dict:
     """Loss ``J``, the data loss and the accuracy at the last layer (states recomputed if absent)."""
+    if not isinstance(problem, ControlProblem):
+        return problem.metrics(controls)
     if zs is None:
         zs = forward(problem, controls.theta, problem.z0(controls.lift))
     out = problem.readout(zs[-1], controls.w)

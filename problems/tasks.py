@@ -59,6 +59,17 @@ DEFAULTS = {
     # is tells the digits apart, which a global average would lose).
     "digits_image": dict(samples=1347, width=16, layers=6, horizon=1.5, dynamics="conv", kernel=3,
                          lift="conv", lift_kernel=3, pooling="flatten", hidden=16, l2=1e-4),
+    # Two-stage conv nets (controlnet.StagedProblem): ``stage_layers`` layers per block, the
+    # first block ``width`` channels at the data's resolution, the second twice the channels at
+    # half the resolution, joined by 2x average pooling and a 1x1 convolution.
+    # MNIST-1D: 32 channels at length 40, then 64 at length 20.
+    "mnist1d_2stage": dict(dataset="mnist1d", samples=4000, width=32, stage_layers=(4, 2), horizon=1.0,
+                           dynamics="conv", kernel=5, lift="conv", lift_kernel=5, pooling="flatten",
+                           hidden=16, l2=1e-4),
+    # The 8x8 digits: 16 channels at 8x8, then 32 at 4x4.
+    "digits_image_2stage": dict(dataset="digits_image", samples=1347, width=16, stage_layers=(3, 3),
+                                horizon=0.75, dynamics="conv", kernel=3, lift="conv", lift_kernel=3,
+                                pooling="flatten", hidden=16, l2=1e-4),
 }
 PROBLEMS = tuple(DEFAULTS)
 
@@ -69,6 +80,8 @@ PROBLEMS = tuple(DEFAULTS)
 TRAINING = {
     "mnist1d": dict(iters=1500, lr=5e-3, schedule="cosine", batch_size=128),
     "digits_image": dict(iters=1500, lr=5e-3, schedule="cosine", batch_size=128),
+    "mnist1d_2stage": dict(iters=1500, lr=5e-3, schedule="cosine", batch_size=128),
+    "digits_image_2stage": dict(iters=1500, lr=5e-3, schedule="cosine", batch_size=128),
 }
 _TRAINING = dict(iters=500, lr=1e-2, schedule="constant", batch_size=None)
 
@@ -92,6 +105,8 @@ LOSSES = {
     "digits": cn.SoftmaxCrossEntropy(10),
     "mnist1d": cn.SoftmaxCrossEntropy(10),
     "digits_image": cn.SoftmaxCrossEntropy(10),
+    "mnist1d_2stage": cn.SoftmaxCrossEntropy(10),
+    "digits_image_2stage": cn.SoftmaxCrossEntropy(10),
 }
 
 #: Lifts by name: ``zero`` pads the channels with zeros, ``conv`` learns a convolution.
@@ -281,8 +296,16 @@ def make(
     d = {"samples": 500, "kernel": 3, "lift": "zero", "lift_kernel": 1, "pooling": "mean", **DEFAULTS[name]}
     opt = lambda v, k: d[k] if v is None else v  # noqa: E731
     _check_fits(name, opt(dynamics, "dynamics"), opt(lift, "lift"), field_options)  # before the data are made
-    (x, y), test = _split(name, opt(samples, "samples"), test_samples, seed)
+    (x, y), test = _split(d.get("dataset", name), opt(samples, "samples"), test_samples, seed)
     ndim = np.ndim(x) - 2
+    if "stage_layers" in d:  # a multi-stage problem
+        field = _dynamics(opt(dynamics, "dynamics"), opt(hidden, "hidden"), activation, opt(kernel, "kernel"), ndim,
+                          field_options)
+        costs = dict(l2=opt(l2, "l2"), l1=l1, smoothness=smoothness, tracking=tracking, readout_l2=readout_l2,
+                     lift_l2=lift_l2)
+        problem = _staged(d, field, cn.INTEGRATORS[integrator](), opt(width, "width"), layers, opt(horizon, "horizon"),
+                          LOSSES[name], x, y, _lift(opt(lift, "lift"), opt(lift_kernel, "lift_kernel")), opt(pooling, "pooling"), costs)
+        return Task(name, problem, test)
     problem = cn.ControlProblem(
         dynamics=_dynamics(opt(dynamics, "dynamics"), opt(hidden, "hidden"), activation, opt(kernel, "kernel"), ndim,
                            field_options),
@@ -303,3 +326,17 @@ def make(
         pooling=opt(pooling, "pooling"),
     )
     return Task(name, problem, test)
+
+
+def _staged(d, field, integrator, width, layers, horizon, loss, x, y, lift, pooling, costs):
+    """A :class:`controlnet.StagedProblem` for a ``stage_layers`` entry of :data:`DEFAULTS`: block
+    ``s`` has ``width·2^s`` channels, ``layers`` layers (default: the entry's per-block counts) and
+    horizon ``horizon``; between two blocks a 1x1 convolution after 2x average pooling."""
+    if costs.pop("tracking"):
+        raise ValueError("problems.make: a multi-stage problem has no tracking cost; pass tracking=0")
+    counts = d["stage_layers"] if layers is None else (layers,) * len(d["stage_layers"])
+    weights = {k: costs.pop(k) for k in ("l2", "l1", "smoothness")}
+    blocks = tuple(cn.Block(field, N=n, width=width * 2**s, T=horizon, integrator=integrator, **weights)
+                   for s, n in enumerate(counts))
+    connectives = (cn.Connective(kernel=1, downsample="pool"),) * (len(blocks) - 1)
+    return cn.StagedProblem(blocks, connectives, loss, x, y, lift=lift, pooling=pooling, **costs)
