@@ -9,7 +9,7 @@ carried in the vector field's own layout, the samples on its ``sample_axis``
 field's ``W z`` becomes one ``(d, d) × (d, S)`` product, and for the small widths of these
 networks (``d`` = 2-3) XLA's CPU matmul is several times faster in that shape than as
 ``(S, d) × (d, d)`` (measured in ``benchmarks/peers.py``, ``layout`` entry). Convolutional fields
-keep samples first, the layout XLA's convolutions take.
+keep samples first (the convolution routine chooses its own internal layout).
 """
 
 from __future__ import annotations

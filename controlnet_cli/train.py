@@ -183,9 +183,14 @@ def _save_pictures(out: Path, task, result, animate: bool = False):
     from controlnet import plotting
 
     problem, controls = task.problem, result.controls
-    zs = jax.jit(lambda p, c: cn.forward(p, c.theta, p.z0(c.lift)))(problem, controls)
+    if isinstance(problem, cn.StagedProblem):  # the first block's feature maps
+        zs = jax.jit(lambda p, c: p.forward(c)[0])(problem, controls)
+        T = float(problem.stages[0].T)
+    else:
+        zs = jax.jit(lambda p, c: cn.forward(p, c.theta, p.z0(c.lift)))(problem, controls)
+        T = float(problem.T)
     if zs.ndim > 3:  # channels × space: one sample's feature maps through the layers
-        fig = plotting.plot_feature_maps(zs, T=float(problem.T),
+        fig = plotting.plot_feature_maps(zs, T=T,
                                          title=f"{task.name}: feature maps of sample 0 ({result.info['solver']})")
     else:
         fig = plotting.plot_flow(zs, problem.y, T=float(problem.T),

@@ -60,6 +60,7 @@ from controlnet.evaluation import train_metrics
 from . import casadi_model
 from .casadi_model import ca
 from .config import Budget
+from .inputs import require_single_block
 from .direct_nlp import (NLP, costates_from_multipliers, decision_variables, dynamics_constraints,
                          initial_costate_function, pack_states, split_x)
 
@@ -393,6 +394,7 @@ class Direct:
 
         ``key``/``seed`` are accepted for the common signature; IPOPT is deterministic.
         """
+        require_single_block(problem, self)
         b = budget
         start = time.perf_counter()
         sol = self.solve_nlp(problem, controls, max_iters=b.max_iters, max_seconds=b.max_seconds,

@@ -38,6 +38,7 @@ import numpy as np
 import controlnet as cn
 from controlnet.pytrees import pytree_dataclass, static_field
 
+from .inputs import require_single_block
 from .minibatch import minibatch
 from .msa.readout import readout_newton
 from .trees import tree_norm
@@ -126,6 +127,7 @@ class DiscreteMSA:
 
     def init(self, problem, controls, *, key):
         """Discrete initial controls: the continuous ones quantized (``M^0 = θ^0``)."""
+        require_single_block(problem, self)
         if problem.lift is not None:
             raise ValueError("the discrete solver trains θ and w only, and this problem has a learned lift; "
                              "build it with lift='zero' (a zero-padding lift)")

@@ -10,7 +10,17 @@ import numpy as np
 
 import controlnet as cn
 
-__all__ = ["check_controls", "check_test"]
+__all__ = ["check_controls", "check_test", "require_single_block"]
+
+
+def require_single_block(problem, solver) -> None:
+    """``TypeError`` unless ``problem`` is a single-block :class:`controlnet.ControlProblem`:
+    the solvers that work layer by layer on one stack of layers (the MSA family, the direct NLP)
+    do not take a :class:`controlnet.StagedProblem`, whose blocks differ in shape."""
+    if not isinstance(problem, cn.ControlProblem):
+        raise TypeError(f"{type(solver).__name__} trains a single-block ControlProblem, got a "
+                        f"{type(problem).__name__}; train multi-stage problems with gradient descent "
+                        f"(solvers.GradientDescent, --solver gd)")
 
 
 def check_controls(problem, controls) -> None:

@@ -158,3 +158,13 @@ def test_make_builds_the_two_stage_digits():
     assert isinstance(p.stages[1].dynamics, cn.AntisymmetricConv)
     with pytest.raises(ValueError, match="no tracking cost"):
         problems.make("mnist1d_2stage", samples=8, test_samples=0, tracking=0.1)
+
+
+def test_the_layerwise_solvers_refuse_a_staged_problem_before_any_work():
+
+
+    p = _tiny()
+    c = p.init_controls(jax.random.PRNGKey(0))
+    for s in (solvers.ExtendedMSA(), solvers.MSA(), solvers.DiscreteMSA()):
+        with pytest.raises(TypeError, match="single-block ControlProblem.*gradient descent"):
+            solvers.solve(s, p, c, max_iters=1, progress=False)

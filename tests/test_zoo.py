@@ -114,8 +114,9 @@ EXPECTED = {
     "square": (1, cn.SquaredError), "sine": (1, cn.SquaredError),
     "digits": (64, cn.SoftmaxCrossEntropy),
     "mnist1d": ((1, 40), cn.SoftmaxCrossEntropy), "digits_image": ((1, 8, 8), cn.SoftmaxCrossEntropy),
+    "mnist1d_2stage": ((1, 40), cn.SoftmaxCrossEntropy), "digits_image_2stage": ((1, 8, 8), cn.SoftmaxCrossEntropy),
 }
-CLASSES = {"digits": 10, "mnist1d": 10, "digits_image": 10}
+CLASSES = {"digits": 10, "mnist1d": 10, "digits_image": 10, "mnist1d_2stage": 10, "digits_image_2stage": 10}
 
 
 def _input_shape(x):

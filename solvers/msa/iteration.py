@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 import controlnet as cn
 
+from ..inputs import require_single_block
 from ..minibatch import minibatch
 from ..trees import tree_norm
 from .hamiltonian import layer_data
@@ -54,6 +55,7 @@ class Iterate(NamedTuple):
 def init_state(s, problem, controls, key, rho0, inner_optimizer=None) -> MSAState:
     """The first :class:`MSAState`; ``inner_optimizer``: the optimizer whose state the
     iterations carry (:attr:`MSAState.inner_state`), if any."""
+    require_single_block(problem, s)
     readout = s.readout.resolve(problem)
     ro = terminal_optimizer(s.readout_optimizer).init(controls.w) if isinstance(readout, GradientReadout) else ()
     lo = terminal_optimizer(s.readout_optimizer).init(controls.lift) if problem.lift is not None else ()
