@@ -3,6 +3,7 @@ the optax objects they name, the command line's per-problem E-MSA defaults, and 
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -23,20 +24,19 @@ P = problems.make("ring", samples=8, test_samples=0, layers=2, horizon=1.0).prob
 C0 = P.init_controls(jax.random.PRNGKey(0))
 
 
-def _iterates(make, lr, steps=4):
-    """The controls and losses after ``steps`` steps of ``make(lr)``, ``lr`` traced (a jit
-    argument) whatever holds it: the optax closure and the named optimizer see the same value."""
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _iterates(make, steps, *numbers):
+    """The controls and losses after ``steps`` steps of ``make(*numbers)``, the numbers traced (jit
+    arguments) whatever holds them: an optax closure and a named optimizer see the same values."""
+    solver = make(*numbers)
+    state = solver.init(P, C0, key=jax.random.PRNGKey(0))
 
-    def run(lr):
-        solver = make(lr)
-        state = solver.init(P, C0, key=jax.random.PRNGKey(0))
-        losses = []
-        for _ in range(steps):
-            state, info = solver.step(P, state)
-            losses.append(info["loss"])
-        return state.controls, losses
+    def step(state, _):
+        state, info = solver.step(P, state)
+        return state, info["loss"]
 
-    return jax.jit(run)(lr)
+    state, losses = jax.lax.scan(step, state, None, length=steps)
+    return state.controls, losses
 
 
 def _bitwise(a, b):
@@ -52,12 +52,15 @@ def test_a_cosine_schedule_is_optax_cosine_decay():
 
 
 def test_gradient_descent_on_a_cosine_schedule_equals_the_optax_one_bitwise():
-    named = _iterates(lambda lr: solvers.GradientDescent(Adam(schedule=Cosine(3, floor=0.1)), lr=lr), 0.05)
-    closure = _iterates(lambda lr: solvers.GradientDescent(optax.adam(optax.cosine_decay_schedule(lr, 3, alpha=0.1))),
-                        0.05)
-    constant = _iterates(lambda lr: solvers.GradientDescent(Adam(), lr=lr), 0.05)
-    assert _bitwise(named, closure)
-    assert not _bitwise(named[1][1:], constant[1][1:])  # the schedule reached the steps
+    def named(lr, floor):
+        return solvers.GradientDescent(Adam(schedule=Cosine(2, floor=floor)), lr=lr)
+
+    def closure(lr, floor):
+        return solvers.GradientDescent(optax.adam(optax.cosine_decay_schedule(lr, 2, alpha=floor)))
+
+    reference = _iterates(closure, 3, 0.05, 0.1)
+    assert _bitwise(_iterates(named, 3, 0.05, 0.1), reference)
+    assert not _bitwise(_iterates(named, 3, 0.05, 0.9)[1][1:], reference[1][1:])  # the floor reached the steps
 
 
 def test_extended_msa_with_named_optimizers_equals_the_same_optax_objects_bitwise():
@@ -65,9 +68,9 @@ def test_extended_msa_with_named_optimizers_equals_the_same_optax_objects_bitwis
         return solvers.ExtendedMSA(rho=0.5, rho_min=0.1, inner="optax", inner_steps=1, readout="gradient",
                                    inner_optimizer=inner, readout_optimizer=readout)
 
-    named = _iterates(lambda lr: emsa(Adam(lr=lr, schedule=Cosine(3)), SGD(lr=lr, momentum=0.5)), 0.05)
-    closure = _iterates(lambda lr: emsa(optax.adam(optax.cosine_decay_schedule(lr, 3)), optax.sgd(lr, momentum=0.5)),
-                        0.05)
+    named = _iterates(lambda lr: emsa(Adam(lr=lr, schedule=Cosine(2)), SGD(lr=lr, momentum=0.5)), 2, 0.05)
+    closure = _iterates(lambda lr: emsa(optax.adam(optax.cosine_decay_schedule(lr, 2)), optax.sgd(lr, momentum=0.5)),
+                        2, 0.05)
     assert _bitwise(named, closure)
     assert np.isfinite(np.asarray(named[1])).all()
 
