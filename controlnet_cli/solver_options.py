@@ -329,9 +329,9 @@ def problem_solver_defaults(args, name: str) -> dict:
 def solver_from_args(args, name: str | None = None, *, among: list | None = None, floor: float = 0.0):
     """The solver ``name`` (default ``args.solver``) with the solver options typed on the command
     line, the problem's training defaults (:func:`problem_options.fill_training_defaults`) and
-    its options for this solver (:func:`problem_solver_defaults`) for the rest; refused in one line if a typed option applies to none of ``among`` (the
-    solvers of the command: ``args.solvers`` of ``compare``, else ``[name]``): a solver takes
-    those of them it has."""
+    its options for this solver (:func:`problem_solver_defaults`) for the rest; refused in one
+    line if a typed option applies to none of ``among`` (the solvers of the command:
+    ``args.solvers`` of ``compare``, else ``[name]``): a solver takes those of them it has."""
     from .problem_options import TRAINING_FLAGS, fill_training_defaults
 
     name = name or args.solver

@@ -152,7 +152,8 @@ class Transformation(Optimizer):
 
 
 def as_optimizer(value, name: str = "optimizer") -> Optimizer:
-    """``value`` as an :class:`Optimizer`: itself, or an optax transformation wrapped in :class:`Transformation`; anything else is a ``TypeError``."""
+    """``value`` as an :class:`Optimizer`: itself, or an optax transformation wrapped in
+    :class:`Transformation`; anything else is a ``TypeError``."""
     if isinstance(value, Optimizer):
         return value
     if isinstance(value, optax.GradientTransformation):
