@@ -2,8 +2,9 @@
 
 ``--problem`` and its settings go to :func:`problems.make`; ``--iters``, ``--lr``,
 ``--schedule`` and ``--batch-size`` left unset take the problem's :func:`problems.training_defaults`
-(:func:`fill_training_defaults`), and only the options typed on the command line are checked
-against the solver (:mod:`controlnet_cli.solver_options`).
+(:func:`fill_training_defaults`), a solver's options not typed take the problem's
+:func:`problems.solver_defaults` (extended MSA's on the conv nets), and only the options typed on
+the command line are checked against the solver (:mod:`controlnet_cli.solver_options`).
 """
 
 from __future__ import annotations

@@ -16,9 +16,11 @@ So a solver added to :data:`solvers.SOLVERS` gets its options with no change her
 belong to some solvers only (:data:`SHARED`): the same field name elsewhere is spelled
 ``--<solver>-<field>`` (discrete MSA's accumulator weight ``lr`` is ``--discrete-lr``, since
 ``--lr`` is a learning rate), as is a field whose flag the command itself uses. Gradient
-descent's ``--schedule`` builds its optimizer (:func:`_optimizer`). An option given for a solver without that field is refused with one line
-(:func:`check_applicable`); the solver itself is built through :func:`solvers.options.from_json`,
-so its own checks run before any compile.
+descent's ``--schedule`` is its optimizer's (:func:`_optimizer`). The MSA solvers' optimizers
+carry their own learning rates and have no one-word spelling (:data:`UNSPELLED`): a problem's
+:func:`problems.solver_defaults` set them. An option given for a solver without that field is
+refused with one line (:func:`check_applicable`); the solver itself is built through
+:func:`solvers.options.from_json`, so its own checks run before any compile.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from typing import Any, Callable, NamedTuple
 from .arguments import UsageError, batch_size, finite_float, positive_float
 
 __all__ = ["SHARED", "PARSE", "SolverOption", "solver_options", "add_solver_options", "check_applicable", "solver_mapping",
-           "build_solver", "given_solver_options", "solver_name", "add_solver_choice", "solver_from_args"]
+           "build_solver", "given_solver_options", "solver_name", "add_solver_choice", "solver_from_args",
+           "problem_solver_defaults", "UNSPELLED"]
 
 #: Flags that only these solvers' fields take: flag -> {solver name: field}. ``--lr`` is a
-#: learning rate (gd's; pgd's first step), ``--schedule`` gd's (:func:`_optimizer`).
+#: learning rate (gd's; pgd's first step), ``--schedule`` gd's optimizer's (:func:`_optimizer`).
 SHARED = {
     "--lr": {"gd": "lr", "pgd": "lr"},
     "--schedule": {"gd": "schedule"},
@@ -63,6 +66,10 @@ HELP = {
 
 #: Choices of options whose field is still a plain string (a strategy family gives its own).
 CHOICES = {"--schedule": ("constant", "cosine"), "--inner": ("auto", "optax", "newton", "ipopt")}
+
+#: Fields the command line leaves out: an optimizer that must carry its own learning rate is
+#: more than a name (the problem's solver defaults, :func:`problems.solver_defaults`, set them).
+UNSPELLED = frozenset({"inner_optimizer", "readout_optimizer"})
 
 
 class SolverOption(NamedTuple):
@@ -163,7 +170,7 @@ def solver_options(registry: dict, reserved=frozenset()) -> list[SolverOption]:
     for name, cls in registry.items():
         hints, docs = _type_hints(cls), _field_help(cls)
         for field in dataclasses.fields(cls):
-            if not field.init or field.name.startswith("_"):
+            if not field.init or field.name.startswith("_") or field.name in UNSPELLED:
                 continue
             spelled = _spelling(field, hints)
             if spelled is None:
@@ -238,11 +245,13 @@ def check_applicable(given: dict, options: list[SolverOption], names: list[str],
                              f"{', '.join(owners)}; drop {flag} or choose one of those solvers{hint}")
 
 
-def solver_mapping(name: str, given: dict, defaults: dict, options: list[SolverOption]) -> dict:
+def solver_mapping(name: str, given: dict, defaults: dict, options: list[SolverOption],
+                   solver_defaults: dict | None = None) -> dict:
     """``{"name": name, field: value, ...}``: the ``given`` options (``flag -> value``) solver
     ``name`` has, and the problem's training ``defaults`` for the ones not given, by field name
-    (``--batch-size full`` is ``None``: the whole batch)."""
-    spec = {"name": name}
+    (``--batch-size full`` is ``None``: the whole batch), over the problem's ``solver_defaults``
+    for this solver (:func:`problems.solver_defaults`: field -> value)."""
+    spec = {"name": name, **(solver_defaults or {})}
     for o in options:
         value = given.get(o.flag, defaults.get(o.flag))
         value = None if o.flag == "--batch-size" and value == "full" else value
@@ -252,26 +261,29 @@ def solver_mapping(name: str, given: dict, defaults: dict, options: list[SolverO
 
 
 def build_solver(name: str, given: dict, defaults: dict, options: list[SolverOption], *, iters: int,
-                 floor: float = 0.0):
-    """The solver ``name`` with the ``given`` options (``flag -> value``) it has, and the
-    problem's training ``defaults`` (``flag -> value``) for the ones not given.
+                 floor: float = 0.0, solver_defaults: dict | None = None):
+    """The solver ``name`` with the ``given`` options (``flag -> value``) it has, the problem's
+    training ``defaults`` (``flag -> value``) for the ones not given, over the problem's
+    ``solver_defaults`` (field -> value, :func:`problems.solver_defaults`).
 
     Built through :func:`solvers.options.from_json`: strategy names become their objects and the
-    solver checks its values now, before any compile. ``iters`` and ``floor`` size the cosine
-    schedule of a gradient descent built from ``--lr``/``--schedule`` (:func:`_adam`).
+    solver checks its values now, before any compile. A schedule without ``steps`` (gradient
+    descent's ``--schedule cosine``, ending at ``floor·lr``) decays over ``iters``
+    (:func:`solvers.schedules.fill_steps`).
     """
     import solvers
     from solvers.options import from_json
+    from solvers.schedules import fill_steps
 
-    spec = solver_mapping(name, given, defaults, options)
-    spec = _optimizer(solvers.SOLVERS[name], spec, "--schedule" in given, iters, floor)
-    return from_json(solvers.SOLVERS, spec)
+    spec = solver_mapping(name, given, defaults, options, solver_defaults)
+    spec = _optimizer(solvers.SOLVERS[name], spec, floor)
+    return from_json(solvers.SOLVERS, fill_steps(spec, iters))
 
 
-def _optimizer(cls, spec: dict, schedule_given: bool, iters: int, floor: float) -> dict:
-    """``spec`` with gradient descent's optimizer built where its fields do not take ``lr`` and
-    ``schedule`` themselves: a cosine schedule is ``optax.adam`` of it (gd's own ``lr`` then
-    unused), a constant rate without an ``lr`` field ``optax.adam(lr)``."""
+def _optimizer(cls, spec: dict, floor: float) -> dict:
+    """``spec`` with gradient descent's ``schedule`` (``--schedule``) moved to its optimizer
+    (default Adam), a cosine ending at ``floor·lr``; where the solver has an optimizer but no
+    ``lr`` field, ``lr`` moves there too."""
     fields = _init_fields(cls)
     if "optimizer" not in fields or "schedule" in fields:
         return spec
@@ -279,22 +291,14 @@ def _optimizer(cls, spec: dict, schedule_given: bool, iters: int, floor: float) 
     schedule, lr = spec.pop("schedule", None), spec.get("lr")
     if lr is None:
         return spec
-    if schedule == "cosine" and "optimizer" in spec:
-        if schedule_given:
-            raise UsageError("--schedule cosine decays Adam's learning rate; with --optimizer drop --schedule")
-        return spec  # the problem's default schedule is its default optimizer's
-    if schedule == "cosine" or "lr" not in fields:
-        spec.pop("lr")
-        spec["optimizer"] = _adam(lr, schedule, iters, floor)
+    optimizer = {"name": spec.get("optimizer") or "adam"}
+    if schedule == "cosine":
+        optimizer["schedule"] = {"name": "cosine", "floor": floor}
+    if "lr" not in fields:
+        optimizer["lr"] = spec.pop("lr")
+    if len(optimizer) > 1 or "optimizer" in spec:
+        spec["optimizer"] = optimizer
     return spec
-
-
-def _adam(lr: float, schedule: str | None, iters: int, floor: float):
-    """Adam at rate ``lr``, constant or cosine-decayed to ``floor·lr`` over ``iters`` steps."""
-    import optax
-
-    rate = optax.cosine_decay_schedule(lr, iters, alpha=floor) if schedule == "cosine" else lr
-    return optax.adam(rate)
 
 
 def solver_name(s: str) -> str:
@@ -314,12 +318,20 @@ def add_solver_choice(p):
                    help=f"the solver: {', '.join(solvers.SOLVERS)} (default: gd)")
 
 
+def problem_solver_defaults(args, name: str) -> dict:
+    """The options of solver ``name`` for ``args.problem`` (:func:`problems.solver_defaults`:
+    extended MSA's on the conv nets), field -> value; the typed options replace them one by one."""
+    import problems
+
+    return problems.solver_defaults(args.problem, name) if getattr(args, "problem", None) else {}
+
+
 def solver_from_args(args, name: str | None = None, *, among: list | None = None, floor: float = 0.0):
     """The solver ``name`` (default ``args.solver``) with the solver options typed on the command
-    line and the problem's training defaults (:func:`problem_options.fill_training_defaults`)
-    for the rest; refused in one line if a typed option applies to none of ``among`` (the
-    solvers of the command: ``args.solvers`` of ``compare``, else ``[name]``): a solver takes
-    those of them it has."""
+    line, the problem's training defaults (:func:`problem_options.fill_training_defaults`) and
+    its options for this solver (:func:`problem_solver_defaults`) for the rest; refused in one
+    line if a typed option applies to none of ``among`` (the solvers of the command:
+    ``args.solvers`` of ``compare``, else ``[name]``): a solver takes those of them it has."""
     from .problem_options import TRAINING_FLAGS, fill_training_defaults
 
     name = name or args.solver
@@ -330,4 +342,5 @@ def solver_from_args(args, name: str | None = None, *, among: list | None = None
     check_applicable(given, options, among, "--solver" if among == [name] else "--solvers")
     fill_training_defaults(args)
     defaults = {TRAINING_FLAGS[k]: getattr(args, k) for k in args.defaulted if k in TRAINING_FLAGS}
-    return build_solver(name, given, defaults, options, iters=args.iters, floor=floor)
+    return build_solver(name, given, defaults, options, iters=args.iters, floor=floor,
+                        solver_defaults=problem_solver_defaults(args, name))

@@ -5,3 +5,4 @@ from .datasets import (
     spirals, square, two_moons, xor,
 )
 from .tasks import DEFAULTS, LOSSES, PROBLEMS, TRAINING, Task, make, training_defaults
+from .tasks import SOLVER_TRAINING, solver_defaults

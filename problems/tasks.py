@@ -11,6 +11,7 @@ settings in :data:`DEFAULTS`; every setting can be overridden in :func:`make`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -22,7 +23,8 @@ import controlnet as cn
 
 from . import datasets
 
-__all__ = ["Task", "make", "PROBLEMS", "DEFAULTS", "TRAINING", "training_defaults", "LOSSES", "LIFTS"]
+__all__ = ["Task", "make", "PROBLEMS", "DEFAULTS", "TRAINING", "training_defaults", "SOLVER_TRAINING",
+           "solver_defaults", "LOSSES", "LIFTS"]
 
 
 class Task(NamedTuple):
@@ -92,6 +94,31 @@ def training_defaults(name: str) -> dict:
     if name not in DEFAULTS:
         raise ValueError(f"unknown problem {name!r}; choose one of {sorted(DEFAULTS)}")
     return {**_TRAINING, **TRAINING.get(name, {})}
+
+#: Extended MSA on the conv nets: one inner Adam step per iteration at gradient descent's rate and
+#: cosine schedule (its state carried, so the step is an Adam step on ``J`` that the augmented
+#: Hamiltonian and the ``J`` test may shorten or reject), ``ρ`` adapted from 0.1 down to 1e-3 (the
+#: solver's own 5 down to 1, set for the dense toys, holds a conv layer's step far below Adam's),
+#: the read-out and lift by the same Adam. A solver mapping (``solvers.options.from_json``); a
+#: ``"cosine"`` schedule decays over the run's iterations.
+_CONV_EMSA = {"rho": 0.1, "rho_min": 1e-3, "inner_steps": 1,
+              "inner_optimizer": {"name": "adam", "lr": 5e-3, "schedule": "cosine"},
+              "readout_optimizer": {"name": "adam", "lr": 5e-3, "schedule": "cosine"}}
+#: Per problem and solver: options that replace the solver's own defaults (``controlnet train``
+#: takes them where the command line gives none of its own; its minibatch size is
+#: :data:`TRAINING`'s).
+SOLVER_TRAINING = {
+    "mnist1d": {"emsa": _CONV_EMSA},
+    "digits_image": {"emsa": _CONV_EMSA},
+}
+
+
+def solver_defaults(name: str, solver: str) -> dict:
+    """Options of ``solver`` (a name in ``solvers.SOLVERS``) for problem ``name``: a copy of
+    :data:`SOLVER_TRAINING`'s, else ``{}`` (the solver's own defaults)."""
+    if name not in DEFAULTS:
+        raise ValueError(f"unknown problem {name!r}; choose one of {sorted(DEFAULTS)}")
+    return copy.deepcopy(SOLVER_TRAINING.get(name, {}).get(solver, {}))
 
 #: The per-sample loss of each problem.
 LOSSES = {

@@ -5,12 +5,15 @@ through the forward pass (``gradient="autodiff"``); both agree to round-off. Wit
 ``batch_size`` set, each step draws a minibatch without replacement and follows the gradient of
 the problem restricted to it (the reported ``loss`` is then the minibatch loss).
 
-The optimizer is a strategy object (:class:`Adam`, :class:`SGD`) that builds its optax
-transformation from the learning rate inside ``init`` and ``step``. The learning rate and the
-optimizer's numbers are pytree leaves, so a sweep over them compiles one program::
+The optimizer is a strategy object (:class:`~solvers.optimizers.Adam`,
+:class:`~solvers.optimizers.SGD`) that builds its optax transformation from the learning rate,
+on its schedule (:mod:`solvers.schedules`), inside ``init`` and ``step``. The learning rate and
+the optimizer's and schedule's numbers are pytree leaves, so a sweep over them compiles one
+program::
 
     GradientDescent(Adam(), lr=1e-2)        # the default
     GradientDescent(SGD(momentum=0.9), lr=0.1)
+    GradientDescent(Adam(schedule=Cosine(steps=1500, floor=0.01)), lr=5e-3)
     GradientDescent(optax.adam(schedule))   # any optax transformation, kept as it is
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import math
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -31,7 +33,8 @@ from controlnet.pytrees import pytree_dataclass, static_field
 from .blocks import auto_block
 from .layer_parallel import LayerParallel
 from .minibatch import minibatch
-from .options import Family
+from .optimizers import SGD, Adam, Optimizer, Transformation, as_optimizer
+from .options import checked_number
 from .trees import tree_norm
 
 __all__ = ["GradientDescent", "GDState", "Optimizer", "Adam", "SGD", "Transformation"]
@@ -43,102 +46,16 @@ class GDState(NamedTuple):
     key: jax.Array
 
 
-def _checked_number(owner, name, v, *, low=0.0, strict=True, upper=None):
-    """``v`` as a Python float, refused unless finite and above ``low`` (below ``upper``); a
-    traced value passes unchecked (its value is not known)."""
-    if isinstance(v, jax.core.Tracer):
-        return v
-    ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
-    ok = ok and (float(v) > low if strict else float(v) >= low) and (upper is None or float(v) < upper)
-    if not ok:
-        bound = f"> {low}" if strict else f">= {low}"
-        bound += f" and < {upper}" if upper is not None else ""
-        raise ValueError(f"{owner} {name} must be a finite number {bound}, got {v!r}")
-    return float(v)
-
-
-class Optimizer(Family):
-    """The optimizer of :class:`GradientDescent`: ``build(lr)`` is its optax transformation.
-
-    ``lr`` may be a traced value (the driver passes the solver to its compiled loop), so
-    ``build`` must use it only in arithmetic, never in Python control flow.
-    """
-
-    def build(self, lr) -> optax.GradientTransformation:
-        raise NotImplementedError
-
-
-@pytree_dataclass
-@dataclasses.dataclass(frozen=True)
-class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015): ``optax.adam(lr, b1, b2, eps)``; ``b1, b2, eps`` are leaves."""
-
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    name: ClassVar[str] = "adam"
-
-    def __post_init__(self):
-        for f, v in (("b1", self.b1), ("b2", self.b2)):
-            object.__setattr__(self, f, _checked_number("Adam", f, v, strict=False, upper=1.0))
-        object.__setattr__(self, "eps", _checked_number("Adam", "eps", self.eps))
-
-    def build(self, lr):
-        return optax.adam(lr, b1=self.b1, b2=self.b2, eps=self.eps)
-
-
-@pytree_dataclass
-@dataclasses.dataclass(frozen=True)
-class SGD(Optimizer):
-    """Stochastic gradient descent, ``θ ← θ − lr·g`` (heavy-ball ``momentum`` when given, a leaf;
-    ``nesterov`` is structure): ``optax.sgd(lr, momentum, nesterov)``."""
-
-    momentum: float | None = None
-    nesterov: bool = static_field(default=False)
-    name: ClassVar[str] = "sgd"
-
-    def __post_init__(self):
-        if self.momentum is not None:
-            object.__setattr__(self, "momentum", _checked_number("SGD", "momentum", self.momentum,
-                                                                 strict=False, upper=1.0))
-        if not isinstance(self.nesterov, bool):
-            raise ValueError(f"SGD nesterov must be True or False, got {self.nesterov!r}")
-        if self.nesterov and self.momentum is None:
-            raise ValueError("SGD nesterov=True needs a momentum; pass SGD(momentum=0.9, nesterov=True)")
-
-    def build(self, lr):
-        return optax.sgd(lr, momentum=self.momentum, nesterov=self.nesterov)
-
-
-@pytree_dataclass
-@dataclasses.dataclass(frozen=True)
-class Transformation(Optimizer):
-    """Any optax transformation, as given (``GradientDescent(optax.adam(schedule))``).
-
-    It is structure, not data: two are equal only if they are the same object (optax closures
-    compare by identity), so each one compiles its own program. Its learning rate is its own:
-    pass a named optimizer (:class:`Adam`, :class:`SGD`) with ``lr`` to sweep one.
-    """
-
-    transformation: optax.GradientTransformation = static_field()
-
-    def __post_init__(self):
-        if not isinstance(self.transformation, optax.GradientTransformation):
-            raise TypeError(f"optimizer must be Adam(), SGD(...) or an optax.GradientTransformation "
-                            f"(e.g. optax.adam(1e-2)), got {type(self.transformation).__name__}")
-
-    def build(self, lr):
-        return self.transformation
-
-
 @pytree_dataclass
 @dataclasses.dataclass(frozen=True)
 class GradientDescent:
     """Gradient descent with an optimizer (Adam with learning rate ``lr = 1e-2`` by default).
 
     Args:
-        optimizer: :class:`Adam` (default), :class:`SGD`, or any ``optax.GradientTransformation``
-            (then wrapped in :class:`Transformation`, and ``lr`` is not taken: it has its own).
+        optimizer: :class:`~solvers.optimizers.Adam` (default), :class:`~solvers.optimizers.SGD`
+            (either on a schedule, :mod:`solvers.schedules`), or any ``optax.GradientTransformation``
+            (then wrapped in :class:`~solvers.optimizers.Transformation`, and ``lr`` is not taken:
+            it has its own).
         batch_size: samples per minibatch (``None``: the whole data set).
         gradient: ``"adjoint"`` (default), ``"autodiff"``, or ``"layer_parallel"`` / a
             :class:`~solvers.layer_parallel.LayerParallel` (states and co-states by MGRIT).
@@ -147,7 +64,8 @@ class GradientDescent:
             checkpoints blocks of about ``√N`` layers (:func:`solvers.blocks.auto_block`); an
             integer ``B`` (a divisor of ``N``) always checkpoints blocks of ``B`` layers; ``None``
             never does.
-        lr: the learning rate of a named optimizer (a leaf: changing it does not recompile).
+        lr: the learning rate of a named optimizer (a leaf: changing it does not recompile);
+            default 1e-2, or ``None`` when the optimizer carries its own (``Adam(lr=...)``).
     """
 
     optimizer: Optimizer | optax.GradientTransformation | None = None
@@ -158,17 +76,19 @@ class GradientDescent:
     name: ClassVar[str] = "gd"
 
     def __post_init__(self):
-        opt = Adam() if self.optimizer is None else self.optimizer
-        if not isinstance(opt, Optimizer):
-            opt = Transformation(opt)
+        opt = Adam() if self.optimizer is None else as_optimizer(self.optimizer)
         object.__setattr__(self, "optimizer", opt)
         if isinstance(opt, Transformation):
             if self.lr is not None:
                 raise ValueError("lr applies to a named optimizer (Adam(), SGD()); an optax "
                                  "transformation carries its own learning rate: pass one or the other")
+        elif opt.lr is not None:
+            if self.lr is not None:
+                raise ValueError(f"lr is given twice, to GradientDescent ({self.lr!r}) and to its optimizer "
+                                 f"({opt.lr!r}); pass it to one of them")
         else:
             lr = 1e-2 if self.lr is None else self.lr
-            object.__setattr__(self, "lr", _checked_number("GradientDescent", "lr", lr))
+            object.__setattr__(self, "lr", checked_number("GradientDescent", "lr", lr))
         if self.gradient == "layer_parallel":
             object.__setattr__(self, "gradient", LayerParallel())
         if not isinstance(self.gradient, LayerParallel) and self.gradient not in ("adjoint", "autodiff"):

@@ -24,12 +24,28 @@ This is how a run spec stores a solver and how the command line builds one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, ClassVar
 
+import jax
 import numpy as np
 
-__all__ = ["Family", "to_json", "from_json"]
+__all__ = ["Family", "to_json", "from_json", "checked_number"]
+
+
+def checked_number(owner, name, v, *, low=0.0, strict=True, upper=None):
+    """``v`` as a Python float, refused unless finite and above ``low`` (below ``upper``); a
+    traced value passes unchecked (its value is not known)."""
+    if isinstance(v, jax.core.Tracer):
+        return v
+    ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ok = ok and (float(v) > low if strict else float(v) >= low) and (upper is None or float(v) < upper)
+    if not ok:
+        bound = f"> {low}" if strict else f">= {low}"
+        bound += f" and < {upper}" if upper is not None else ""
+        raise ValueError(f"{owner} {name} must be a finite number {bound}, got {v!r}")
+    return float(v)
 
 
 class Family:

@@ -15,9 +15,10 @@ A *run spec* is a plain JSON mapping that says everything one training run needs
   0/1 labels (a minimum attained at finite states, as the turnpike theorem assumes).
 - ``solver``: ``name`` (one of :data:`solvers.SOLVERS`) and its options as
   :func:`solvers.options.from_json` takes them; a bare name ``"gd"`` stands for ``{"name": "gd"}``.
-  Gradient descent also takes ``lr`` (Adam's learning rate, default 0.01) and ``schedule``
-  (``"constant"`` or ``"cosine"``: decayed to ``floor · lr`` over ``budget.max_iters``; ``floor``
-  defaults to 0).
+  A learning-rate schedule (:mod:`solvers.schedules`) is an optimizer's ``schedule``
+  (``{"name": "adam", "lr": 0.005, "schedule": {"name": "cosine", "floor": 0.01}}``); one
+  without ``steps`` decays over ``budget.max_iters``. Gradient descent also takes ``schedule``
+  (a name or a mapping) and ``floor`` beside its ``lr``, for its optimizer (default Adam).
 - ``seed``: the initial controls ``init_controls(PRNGKey(seed), scale=init_scale)`` and the
   solver's key (minibatches); default 0.
 - ``budget``: the fields of :class:`solvers.Budget` (``max_iters``, ``max_seconds``, ``tol``,
@@ -41,11 +42,11 @@ import json
 from typing import Any, NamedTuple
 
 import jax
-import optax
 
 import problems
 import solvers
 from solvers.options import from_json
+from solvers.schedules import RateSchedule, fill_steps
 
 __all__ = ["normalize", "spec_hash", "canonical", "build", "Built", "make_solver", "TOP_KEYS",
            "PRECISIONS", "precision_scope"]
@@ -166,47 +167,46 @@ def normalize(spec: dict) -> dict:
     return out
 
 
-def _gradient_descent(options: dict, max_iters: int):
-    """Gradient descent with a learning-rate *schedule* (``schedule="cosine"``, ending at
-    ``floor × lr``): Adam on the schedule, an optax transformation (a schedule is a function of
-    the step count, not a number, so it is structure: each one compiles once)."""
-    cls = solvers.SOLVERS["gd"]
-    fields = sorted({f.name for f in dataclasses.fields(cls) if f.init} - {"optimizer"} | {"lr", "schedule", "floor"})
-    for k in options:
-        if k != "name" and k not in fields:
-            raise ValueError(f"GradientDescent ('gd') has no option {k!r}; its options are {fields}")
-    lr = options.get("lr", 1e-2)
-    schedule = options.get("schedule", "constant")
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"unknown schedule {schedule!r}; choose 'constant' or 'cosine'")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    floor = options.get("floor", 0.0)
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
-        raise ValueError(f"floor (the cosine schedule's end, a fraction of lr) must be in [0, 1], got {floor!r}")
-    if "floor" in options and schedule != "cosine":
-        raise ValueError("floor is the end of the cosine schedule; add schedule='cosine' or drop floor")
-    rate = optax.cosine_decay_schedule(lr, max(max_iters, 1), alpha=floor) if schedule == "cosine" else lr
-    rest = {k: v for k, v in options.items() if k not in ("name", "lr", "schedule", "floor")}
-    return cls(optimizer=optax.adam(rate), **rest)
+def _gd_schedule(options: dict) -> dict:
+    """Gradient descent's ``schedule`` (and ``floor``) given beside ``lr`` moved to its optimizer
+    (default Adam), where :class:`solvers.optimizers.Adam` takes it."""
+    options = dict(options)
+    schedule = options.pop("schedule", "constant")
+    floor = options.pop("floor", None)
+    schedule = {"name": schedule} if isinstance(schedule, str) else schedule
+    if not isinstance(schedule, dict) or schedule.get("name") not in RateSchedule.registry:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {sorted(RateSchedule.registry)} "
+                         "(a name, or a mapping with a 'name')")
+    if floor is not None:
+        if schedule["name"] != "cosine":
+            raise ValueError("floor is the end of the cosine schedule; add schedule='cosine' or drop floor")
+        schedule = {**schedule, "floor": floor}
+    optimizer = options.get("optimizer", "adam")
+    optimizer = {"name": optimizer} if isinstance(optimizer, str) else optimizer
+    if not isinstance(optimizer, dict):
+        raise ValueError(f"schedule applies to a named optimizer (a name or a mapping), got {optimizer!r}")
+    if "schedule" in optimizer:
+        raise ValueError("schedule is given twice, beside lr and in the optimizer; give it once")
+    options["optimizer"] = {**optimizer, "schedule": schedule}
+    return options
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_solver(text: str, max_iters: int):
-    options = json.loads(text)
-    if options["name"] == "gd" and ("schedule" in options or "floor" in options):
-        return _gradient_descent(options, max_iters)
-    return from_json(solvers.SOLVERS, options)
+def _cached_solver(text: str):
+    return from_json(solvers.SOLVERS, json.loads(text))
 
 
 def make_solver(options: dict | str, max_iters: int = 100):
     """The solver a spec's ``solver`` (a mapping, or a bare name) describes.
 
-    The same mapping gives the same object in one process, so the driver's compiled steps
-    (cached per solver) serve every run of a sweep that a worker runs with it."""
+    A schedule without ``steps`` (``"cosine"``) decays over ``max_iters``
+    (:func:`solvers.schedules.fill_steps`). The same mapping gives the same object in one
+    process, so the driver's compiled steps (cached per solver) serve every run of a sweep that a
+    worker runs with it."""
     options = {"name": options} if isinstance(options, str) else options
-    cosine = options.get("name") == "gd" and options.get("schedule") == "cosine"
-    return _cached_solver(canonical(options), int(max_iters) if cosine else 0)
+    if options.get("name") == "gd" and ("schedule" in options or "floor" in options):
+        options = _gd_schedule(options)
+    return _cached_solver(canonical(fill_steps(options, max(int(max_iters), 1))))
 
 
 class Built(NamedTuple):

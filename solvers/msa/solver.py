@@ -1,8 +1,9 @@
 """The basic and extended MSA solvers: options as frozen pytree dataclasses on one base.
 
-Numbers are leaves (``rho``, ``rho_min``, ``inner_lr``): a study over them compiles once when
-the solver is passed to a jitted function as an argument. Counts, modes, batch sizes, optax
-transformations and schedules are static (part of the tree's structure). Modes are strategy
+Numbers are leaves (``rho``, ``rho_min``, ``inner_lr``, a named optimizer's learning rate):
+a study over them compiles once when the solver is passed to a jitted function as an argument.
+Counts, modes, batch sizes, optax transformations and ``ρ`` schedules are static (part of the
+tree's structure). Modes are strategy
 objects (:mod:`.inner`, :mod:`.readout`); their names as strings are accepted and converted
 when the solver is built, where every option is checked.
 """
@@ -20,6 +21,7 @@ import optax
 
 from controlnet.pytrees import pytree_dataclass, static_field
 
+from ..optimizers import Optimizer, Transformation, as_optimizer
 from .inner import Auto, ClosedFormGradient, InnerGradient, InnerMethod, OptaxAscent
 from .iteration import init_state, msa_step
 from .readout import AutoReadout, ReadoutMethod
@@ -46,6 +48,19 @@ def _strategy(family: type, value, name: str, choices: str):
     if isinstance(value, str) and value in family.registry:
         return family.registry[value]()
     raise ValueError(f"{name} must be {choices}, got {value!r}")
+
+
+def _own_rate_optimizer(value, name: str):
+    """``value`` (``None``, a named optimizer with its own ``lr``, or an optax transformation) as
+    the solver keeps it: an optimizer (:class:`~solvers.optimizers.Optimizer`), whose ``init``
+    and ``update`` are its optax transformation's."""
+    if value is None:
+        return None
+    opt = as_optimizer(value, name)
+    if not isinstance(opt, Transformation) and opt.lr is None:
+        raise ValueError(f"{name}={type(opt).__name__}(...) needs its learning rate: pass "
+                         f"{type(opt).__name__}(lr=...), e.g. {name}={type(opt).__name__}(lr=5e-3)")
+    return opt
 
 
 def _count(value, name: str, extra: str = ""):
@@ -75,12 +90,12 @@ class MSAOptions:
     """The options every MSA solver shares (documented on :class:`ExtendedMSA`)."""
 
     inner_steps: int | None = static_field(default=None)
-    inner_optimizer: Any = static_field(default=None)
+    inner_optimizer: Optimizer | None = None
     inner_lr: float = 0.5
     inner_gradient: InnerGradient = ClosedFormGradient()
     inner: InnerMethod = Auto()
     readout: ReadoutMethod = AutoReadout()
-    readout_optimizer: Any = static_field(default=None)
+    readout_optimizer: Optimizer | None = None
     batch_size: int | None = static_field(default=None)
     hessian_samples: int | None = static_field(default=128)
     #: Whether the inner step scales and optimizer state carry across iterations.
@@ -94,9 +109,7 @@ class MSAOptions:
         setattr_("hessian_samples", _count(self.hessian_samples, "hessian_samples", " or None (all samples)"))
         _positive(self.inner_lr, "inner_lr")
         for name in ("inner_optimizer", "readout_optimizer"):
-            opt = getattr(self, name)
-            if opt is not None and not isinstance(opt, optax.GradientTransformation):
-                raise TypeError(f"{name} must be an optax.GradientTransformation (e.g. optax.adam(0.02)) or None")
+            setattr_(name, _own_rate_optimizer(getattr(self, name), name))
         setattr_("inner_gradient", _strategy(InnerGradient, self.inner_gradient, "inner_gradient",
                                              "'closed_form' or 'autodiff'"))
         setattr_("inner", _strategy(InnerMethod, self.inner, "inner",
@@ -130,10 +143,13 @@ class ExtendedMSA(MSAOptions):
             half a gradient step of work), so more steps make more progress per iteration but
             fewer iterations per second (``benchmarks/inner_steps.py`` compares them at equal
             wall time). Newton steps after the first reuse its Hessian (with the new gradient).
-        inner_optimizer: the optax optimizer of ``"optax"``'s steps. Default (``None``):
-            gradient ascent with step ``inner_lr / (ρ_j h²)``, scaled to the penalties, whose
-            curvature in ``θ`` is ``ρ h²`` times an ``O(1)`` data moment.
-        inner_lr: the dimensionless step of the default inner optimizer.
+        inner_optimizer: the optimizer of ``"optax"``'s steps: a named optimizer with its own
+            learning rate and schedule (``Adam(lr=5e-3, schedule=Cosine(1500))``,
+            :mod:`solvers.optimizers`, :mod:`solvers.schedules`) or any optax transformation.
+            Default (``None``): gradient ascent with step ``inner_lr / (ρ_j h²)``, scaled to the
+            penalties, whose curvature in ``θ`` is ``ρ h²`` times an ``O(1)`` data moment.
+        inner_lr: the dimensionless step of the default inner optimizer (a named optimizer
+            carries its own learning rate).
         carry_inner_state: ``"optax"``'s optimizer state (Adam's moments, a schedule's step
             count) carries from one iteration to the next, as in one run of the optimizer
             (default); ``False`` starts it afresh every iteration. Since the inner gradient at
@@ -152,8 +168,8 @@ class ExtendedMSA(MSAOptions):
             samples, all for ``None``), the gradient always on all.
         readout: ``"newton"``, ``"gradient"`` or ``"auto"`` (default), or a
             :class:`~.readout.ReadoutMethod`: how ``w`` is updated (:mod:`.readout`).
-        readout_optimizer: optax optimizer of the gradient read-out and of a learned lift
-            (default Adam, 1e-2).
+        readout_optimizer: optimizer of the gradient read-out and of a learned lift, as
+            ``inner_optimizer`` (default Adam, 1e-2).
         batch_size: minibatch size (default: full batch).
     """
 
