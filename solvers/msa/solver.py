@@ -21,6 +21,7 @@ import optax
 
 from controlnet.pytrees import pytree_dataclass, static_field
 
+from ..inputs import require_single_block
 from ..optimizers import Optimizer, Transformation, as_optimizer
 from .inner import Auto, ClosedFormGradient, InnerGradient, InnerMethod, OptaxAscent
 from .iteration import init_state, msa_step
@@ -201,6 +202,7 @@ class ExtendedMSA(MSAOptions):
         return optax.sgd(self.inner_lr / (rho * problem.h**2))
 
     def init(self, problem, controls, *, key):
+        require_single_block(problem, self)  # before ``problem.h`` below
         rho0 = 0.0 if isinstance(self.rho, Schedule) else self.rho
         carried = self._inner_optimizer(problem, 1.0) if self.carry_inner_state else None
         return init_state(self, problem, controls, key, rho0, carried)
