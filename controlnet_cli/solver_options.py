@@ -39,9 +39,9 @@ __all__ = ["SHARED", "PARSE", "SolverOption", "solver_options", "add_solver_opti
            "problem_solver_defaults", "UNSPELLED"]
 
 #: Flags that only these solvers' fields take: flag -> {solver name: field}. ``--lr`` is a
-#: learning rate (gd's; pgd's first step), ``--schedule`` gd's optimizer's (:func:`_optimizer`).
+#: learning rate (gd's, pgd_at's and yopo's; pgd's first step), ``--schedule`` gd's optimizer's (:func:`_optimizer`).
 SHARED = {
-    "--lr": {"gd": "lr", "pgd": "lr"},
+    "--lr": {"gd": "lr", "pgd": "lr", "pgd_at": "lr", "yopo": "lr"},
     "--schedule": {"gd": "schedule"},
 }
 
