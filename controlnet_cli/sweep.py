@@ -167,14 +167,14 @@ def solver_spec(args, name: str, *, among: list | None = None, floor: float = 0.
     import solvers
 
     from .problem_options import TRAINING_FLAGS
-    from .solver_options import given_solver_options, solver_from_args, solver_mapping
+    from .solver_options import given_solver_options, problem_solver_defaults, solver_from_args, solver_mapping
 
     solver_from_args(args, name, among=among, floor=floor)
     options = args.solver_options
     defaulted = set(getattr(args, "defaulted", ()))
     given = {f: v for f, v in given_solver_options(args, options).items() if f[2:].replace("-", "_") not in defaulted}
     defaults = {TRAINING_FLAGS[k]: getattr(args, k) for k in args.defaulted if k in TRAINING_FLAGS}
-    spec = solver_mapping(name, given, defaults, options)
+    spec = solver_mapping(name, given, defaults, options, problem_solver_defaults(args, name))
     fields = {f.name for f in dataclasses.fields(solvers.SOLVERS[name]) if f.init}
     if "optimizer" in fields and "schedule" not in fields:  # lr and schedule build gd's Adam
         for k in ("lr", "schedule"):

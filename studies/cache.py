@@ -15,6 +15,7 @@ The ``controlnet`` command (:func:`controlnet_cli.main`) and :func:`studies.run`
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -58,4 +59,7 @@ def enable_compile_cache(enabled: bool = True) -> Path | None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    # A cache entry that cannot be read or written (a full disk) costs a compile, nothing more:
+    # JAX's warning about it would bury the run's own messages (e.g. that its result failed to write).
+    warnings.filterwarnings("ignore", message="Error (reading|writing) persistent compilation cache")
     return path
