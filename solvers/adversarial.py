@@ -59,7 +59,7 @@ import numpy as np
 import optax
 
 import controlnet as cn
-from controlnet.diagnostics.robustness import input_gradient
+from controlnet.diagnostics.robustness import ball_direction, ball_projection, input_gradient
 from controlnet.problem import objective_from_parts
 from controlnet.pytrees import pytree_dataclass, static_field
 
@@ -75,25 +75,6 @@ _tree_map = jax.tree_util.tree_map
 
 
 # -- the ball ---------------------------------------------------------------------------------------
-def _per_sample_norm(v):
-    return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)).reshape((-1,) + (1,) * (v.ndim - 1))
-
-
-def ball_direction(g, norm):
-    """The steepest ascent step of unit size in the ball's norm: ``sign(g)`` (ℓ∞) or ``g/‖g_i‖``
-    per sample (ℓ2)."""
-    if norm == "inf":
-        return jnp.sign(g)
-    return g / jnp.maximum(_per_sample_norm(g), 1e-30)
-
-
-def ball_projection(delta, eps, norm):
-    """``Π_B(δ)``: each sample's ``δ_i`` onto ``‖δ_i‖ ≤ ε`` (clipping for ℓ∞, scaling for ℓ2)."""
-    if norm == "inf":
-        return jnp.clip(delta, -eps, eps)
-    return delta * jnp.minimum(1.0, eps / jnp.maximum(_per_sample_norm(delta), 1e-30))
-
-
 def random_start(key, x, eps, norm):
     """A random ``η ∈ B`` shaped like ``x``: uniform in the ℓ∞ box, or uniform in the ℓ2 ball
     (a Gaussian direction, radius ``ε u^{1/n}`` for ``n`` entries per sample)."""

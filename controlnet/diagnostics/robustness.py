@@ -47,7 +47,7 @@ from ..state import final_state, forward
 from ..structured import LipschitzNet
 
 __all__ = ["input_gradient", "outputs", "fgsm", "pgd", "margins", "certified_radius", "lipschitz_bound",
-           "empirical_lipschitz", "robust_accuracy"]
+           "empirical_lipschitz", "robust_accuracy", "ball_direction", "ball_projection"]
 
 NORMS = ("2", "inf")
 
@@ -77,13 +77,16 @@ def _per_sample_norm(v):
     return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)).reshape((-1,) + (1,) * (v.ndim - 1))
 
 
-def _direction(g, norm):
+def ball_direction(g, norm):
+    """The steepest ascent step of unit size in the ball's norm: ``sign(g)`` (ℓ∞) or ``g/‖g_i‖``
+    per sample (ℓ2)."""
     if norm == "inf":
         return jnp.sign(g)
     return g / jnp.maximum(_per_sample_norm(g), 1e-30)
 
 
-def _project(delta, eps, norm):
+def ball_projection(delta, eps, norm):
+    """``Π_B(δ)``: each sample's ``δ_i`` onto ``‖δ_i‖ ≤ ε`` (clipping for ℓ∞, scaling for ℓ2)."""
     if norm == "inf":
         return jnp.clip(delta, -eps, eps)
     return delta * jnp.minimum(1.0, eps / jnp.maximum(_per_sample_norm(delta), 1e-30))
@@ -92,7 +95,7 @@ def _project(delta, eps, norm):
 def fgsm(problem, controls, x, y, eps, norm="inf"):
     """``x + ε·sign(∇_x ℓ)`` (ℓ∞) or ``x + ε ∇_x ℓ/‖∇_x ℓ‖`` (ℓ2), every sample at once."""
     _check_norm(norm)
-    return x + eps * _direction(input_gradient(problem, controls, x, y), norm)
+    return x + eps * ball_direction(input_gradient(problem, controls, x, y), norm)
 
 
 @functools.partial(jax.jit, static_argnames=("norm", "steps"))
@@ -105,7 +108,7 @@ def pgd(problem, controls, x, y, eps, norm="2", steps=20, step=None):
 
     def body(_, xa):
         g = input_gradient(problem, controls, xa, y)
-        return x + _project(xa + step * _direction(g, norm) - x, eps, norm)
+        return x + ball_projection(xa + step * ball_direction(g, norm) - x, eps, norm)
 
     return jax.lax.fori_loop(0, steps, body, x)
 
