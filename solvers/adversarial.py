@@ -41,9 +41,10 @@ With ``frozen=False`` (a reference, not a speed-up) the co-state is recomputed b
 before every adversary step and the whole gradient is taken at ``x + η^{j,n}``: YOPO-1-n is then
 PGD-AT with ``n`` steps, to round-off (tested).
 
-Both solvers train with a named optimizer (:class:`~solvers.gd.Adam`, :class:`~solvers.gd.SGD`)
-at rate ``lr`` (a leaf), constant or cosine-decayed to 0 over ``decay_iters`` steps, on minibatches
-of ``batch_size``. ``info["loss"]`` is the loss of the last full pass (PGD-AT: on the attacked
+Both solvers train with a named optimizer (:class:`~solvers.optimizers.Adam`,
+:class:`~solvers.optimizers.SGD`) at rate ``lr`` (a leaf), on its schedule (constant by default;
+``Adam(schedule=Cosine(steps))`` decays it, :mod:`solvers.schedules`), on minibatches of
+``batch_size``. ``info["loss"]`` is the loss of the last full pass (PGD-AT: on the attacked
 batch; YOPO: at ``x + η^{m−1,0}``, or ``η^{m−1,n}`` unfrozen), ``accuracy`` its batch accuracy.
 """
 
@@ -142,6 +143,9 @@ def _check_common(solver, owner):
     if not isinstance(solver.optimizer, Optimizer) or isinstance(solver.optimizer, Transformation):
         raise TypeError(f"{owner} optimizer must be a named optimizer, Adam(...) or SGD(...) (its rate is lr), "
                         f"got {type(solver.optimizer).__name__}")
+    if solver.optimizer.lr is not None:
+        raise ValueError(f"{owner} takes its learning rate as lr; give the optimizer none "
+                         f"({type(solver.optimizer).__name__}(lr=None))")
     if solver.norm not in NORMS:
         raise ValueError(f"{owner} norm must be 'inf' or '2' (the attack ball), got {solver.norm!r}")
     set_(solver, "eps", _number(owner, "eps (the ball's radius)", solver.eps))
@@ -151,16 +155,13 @@ def _check_common(solver, owner):
     for name in ("random_start",) + (("frozen",) if hasattr(solver, "frozen") else ()):
         if not isinstance(getattr(solver, name), bool):
             raise ValueError(f"{owner} {name} must be True or False, got {getattr(solver, name)!r}")
-    for name in ("batch_size", "decay_iters"):
-        if getattr(solver, name) is not None:
-            set_(solver, name, _count(owner, name + " (or None)", getattr(solver, name), 1))
+    if solver.batch_size is not None:
+        set_(solver, "batch_size", _count(owner, "batch_size (or None)", solver.batch_size, 1))
 
 
 def _transformation(solver) -> optax.GradientTransformation:
-    """The optimizer at rate ``lr``, cosine-decayed to 0 over ``decay_iters`` steps if set."""
-    if solver.decay_iters is None:
-        return solver.optimizer.build(solver.lr)
-    return solver.optimizer.build(lambda count: solver.lr * optax.cosine_decay_schedule(1.0, solver.decay_iters)(count))
+    """The optimizer at rate ``lr`` on its own schedule."""
+    return solver.optimizer.build(solver.lr)
 
 
 def _start(solver, key, x):
@@ -194,8 +195,8 @@ class PGDTraining:
         eps: the ball's radius ``ε`` (a leaf). norm: ``"inf"`` (default) or ``"2"``.
         steps: attack steps ``K`` per minibatch. alpha: their size ``α`` (a leaf; default
             ``2.5 ε / K``, Madry et al.'s rule). random_start: start from a uniform ``η⁰ ∈ B``.
-        optimizer, lr, decay_iters: the optimizer (:class:`~solvers.gd.Adam` by default) at rate
-            ``lr``, cosine-decayed to 0 over ``decay_iters`` steps when given.
+        optimizer, lr: the optimizer (:class:`~solvers.optimizers.Adam` by default, with its
+            schedule, e.g. ``Adam(schedule=Cosine(1500))``) at rate ``lr``.
         batch_size: samples per minibatch (``None``: the whole data set).
     """
 
@@ -206,7 +207,6 @@ class PGDTraining:
     random_start: bool = static_field(default=True)
     optimizer: Optimizer | None = None
     lr: float = 1e-2
-    decay_iters: int | None = static_field(default=None)
     batch_size: int | None = static_field(default=None)
     name: ClassVar[str] = "pgd_at"
 
@@ -243,7 +243,7 @@ class YOPO:
             the lift alone the first layer, linear for a learned lift).
         frozen: freeze ``p_k`` (YOPO; default) or recompute it before every adversary step (the
             reference that equals PGD-AT for ``m = 1``).
-        optimizer, lr, decay_iters, batch_size: as in :class:`PGDTraining`.
+        optimizer, lr, batch_size: as in :class:`PGDTraining`.
     """
 
     eps: float = 0.1
@@ -256,7 +256,6 @@ class YOPO:
     frozen: bool = static_field(default=True)
     optimizer: Optimizer | None = None
     lr: float = 1e-2
-    decay_iters: int | None = static_field(default=None)
     batch_size: int | None = static_field(default=None)
     name: ClassVar[str] = "yopo"
 

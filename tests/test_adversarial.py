@@ -18,6 +18,7 @@ import solvers
 from solvers.adversarial import (PGDTraining, YOPO, adversary_gradient, ball_projection, pgd_attack,
                                  random_start)
 from solvers.options import from_json, to_json
+from solvers.schedules import Cosine
 
 # A learned (convolutional) lift on 8x8 images and zero padding on vectors, float64, tiny.
 CONV = problems.make("digits_image", samples=8, test_samples=0, width=2, layers=3, horizon=1.0, l2=1e-3,
@@ -116,7 +117,8 @@ def test_projection_onto_the_ball():
 
 
 def test_options_round_trip_and_registry():
-    for solver in (YOPO(eps=0.2, norm="2", m=3, n=4, first_steps=2, lr=1e-3, decay_iters=50, batch_size=32),
+    for solver in (YOPO(eps=0.2, norm="2", m=3, n=4, first_steps=2, lr=1e-3,
+                        optimizer=solvers.Adam(schedule=Cosine(50)), batch_size=32),
                    PGDTraining(eps=0.1, steps=10, alpha=0.02, optimizer=solvers.SGD(momentum=0.9))):
         assert from_json(solvers.SOLVERS, json.loads(json.dumps(to_json(solver)))) == solver
         assert solvers.SOLVERS[solver.name] is type(solver)
@@ -133,6 +135,7 @@ BAD = {
     "frozen str": (lambda: YOPO(frozen="no"), "frozen must be True or False"),
     "optax": (lambda: YOPO(optimizer=__import__("optax").adam(1e-3)), "named optimizer"),
     "batch 0": (lambda: YOPO(batch_size=0), "batch_size"),
+    "two rates": (lambda: YOPO(optimizer=solvers.Adam(lr=1e-3)), "takes its learning rate as lr"),
 }
 
 
